@@ -1,0 +1,3 @@
+from versioner_grpc.cli import main
+
+raise SystemExit(main())

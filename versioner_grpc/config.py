@@ -1,0 +1,70 @@
+"""Server configuration: flags, each with a VERSIONER_* environment variable.
+
+Precedence: flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    database_url: str = "sqlite:///versioner.db"
+    sqlite_synchronous: str = "NORMAL"
+    log_level: str = "info"
+    health_interval: float = 2.0
+    shutdown_grace: float = 10.0
+    progress_interval: float = 5.0
+    max_watchers: int = 10_000
+    watch_buffer: int = 1_000
+    poll_interval: float = 2.0
+    read_threads: int = 4
+
+
+HELP = {
+    "listen": "gRPC address, host:port (port 0 picks a free port)",
+    "metrics_listen": "Prometheus /metrics address, host:port; 'off' disables it",
+    "database_url": "sqlite:///relative/path.db, sqlite:////absolute/path.db or "
+    "postgresql://user[:password]@host[:port]/database",
+    "sqlite_synchronous": "SQLite synchronous mode: NORMAL (survives a crash of the process) "
+    "or FULL (also survives power loss)",
+    "log_level": "debug, info, warning or error",
+    "health_interval": "seconds between database health checks",
+    "shutdown_grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    "progress_interval": "seconds between progress messages on an idle or filtered watch",
+    "max_watchers": "most concurrent WatchDeployments streams; more get RESOURCE_EXHAUSTED",
+    "watch_buffer": "events buffered per watcher before a slow one is cut off",
+    "poll_interval": "seconds between polls for events written by other replicas",
+    "read_threads": "threads (and database connections) serving reads",
+}
+
+
+def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="versioner-server",
+        description="Versioner gRPC: records deployments, answers what runs where, streams "
+        "them live and exports Prometheus metrics.",
+        epilog="Every option can also be set by its environment variable "
+        "(VERSIONER_LISTEN, VERSIONER_DATABASE_URL, ...); a flag wins over the variable.",
+    )
+    for f in fields(Config):
+        var = "VERSIONER_" + f.name.upper()
+        default = env.get(var, f.default)
+        kind = type(f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=kind(default),
+            metavar=f.name.split("_")[-1].upper(),
+            help=f"{HELP[f.name]} [{var}; default: {f.default}]",
+        )
+    args = parser.parse_args(argv)
+    return Config(**vars(args))

@@ -1,0 +1,83 @@
+"""Protobuf ↔ domain values. The only module that knows both."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from versioner.v1 import deployment_service_pb2 as pb
+
+from versioner_grpc.domain.model import Deployment, EnvironmentState, StoredEvent
+
+
+def us_from_timestamp(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def optional_us(message: object, field: str) -> int | None:
+    """The field's time in microseconds, or None when unset."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return us_from_timestamp(getattr(message, field))
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    seconds, micros = divmod(us, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def metadata_dict(struct: struct_pb2.Struct) -> dict:
+    return json_format.MessageToDict(struct)
+
+
+def deployment(d: Deployment) -> pb.Deployment:
+    msg = pb.Deployment(
+        id=d.id,
+        product_name=d.product,
+        version=d.version,
+        environment_name=d.environment,
+        environment_type=int(d.environment_type),
+        status=int(d.status),
+        deployed_by=d.deployed_by,
+        scm_branch=d.scm_branch,
+        scm_sha=d.scm_sha,
+        build_url=d.build_url,
+        create_time=timestamp(d.create_time),
+        update_time=timestamp(d.update_time),
+        previous_version=d.previous_version,
+        is_rollback=d.is_rollback,
+    )
+    if d.metadata:
+        msg.extra_metadata.update(d.metadata)
+    if d.start_time is not None:
+        msg.start_time.CopyFrom(timestamp(d.start_time))
+    if d.end_time is not None:
+        msg.end_time.CopyFrom(timestamp(d.end_time))
+    if d.duration is not None:
+        seconds, micros = divmod(d.duration, 1_000_000)
+        msg.duration.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=micros * 1000))
+    if d.scm_commit_time is not None:
+        msg.scm_commit_time.CopyFrom(timestamp(d.scm_commit_time))
+    return msg
+
+
+def event(e: StoredEvent) -> pb.Event:
+    return pb.Event(
+        revision=e.revision,
+        event_id=e.event_id,
+        status=int(e.status),
+        event_time=timestamp(e.event_time),
+        record_time=timestamp(e.record_time),
+        deployment=deployment(e.deployment),
+    )
+
+
+def state(s: EnvironmentState) -> pb.EnvironmentState:
+    msg = pb.EnvironmentState(
+        product_name=s.product,
+        environment_name=s.environment,
+        environment_type=int(s.environment_type),
+    )
+    if s.current is not None:
+        msg.current.CopyFrom(deployment(s.current))
+    if s.latest is not None:
+        msg.latest.CopyFrom(deployment(s.latest))
+    return msg

@@ -1,0 +1,165 @@
+"""One interceptor for every call: error mapping, one log line, gRPC metrics.
+
+Domain errors raised anywhere below the service become their gRPC status here
+(see errors_grpc); an unexpected exception is logged and becomes INTERNAL with
+no internals in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from versioner_grpc.domain.errors import VersionerError
+from versioner_grpc.errors_grpc import to_status
+from versioner_grpc.logs import fields
+from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
+
+log = logging.getLogger("versioner.rpc")
+
+
+class _Call:
+    """Book-keeping for one RPC: labels, timing, the final code."""
+
+    def __init__(self, method: str, grpc_type: str, metrics: GrpcMetrics | None) -> None:
+        _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", method)
+        self.method = method
+        self.labels = (grpc_type, service, name)
+        self.metrics = metrics
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        if metrics:
+            metrics.started.labels(*self.labels).inc()
+
+    def received(self) -> None:
+        if self.metrics:
+            self.metrics.received.labels(*self.labels).inc()
+
+    def sent(self) -> None:
+        if self.metrics:
+            self.metrics.sent.labels(*self.labels).inc()
+
+    async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        """Turn `exc` into the call's status (aborting the call)."""
+        if isinstance(exc, VersionerError):
+            status = to_status(exc)
+            self.code = status.code
+            await context.abort_with_status(status)
+        if isinstance(exc, grpc.aio.AbortError):
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            raise exc
+        log.exception("unhandled error in %s", self.method, exc_info=exc)
+        self.code = grpc.StatusCode.INTERNAL
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def finish(self, context: grpc.aio.ServicerContext) -> None:
+        if self.code == grpc.StatusCode.OK:
+            self.code = context.code() or grpc.StatusCode.OK
+        elapsed = time.perf_counter() - self.start
+        if self.metrics:
+            self.metrics.handled.labels(*self.labels, self.code.name).inc()
+            self.metrics.handling_seconds.labels(*self.labels).observe(elapsed)
+        log.info(
+            "rpc",
+            extra=fields(
+                event="rpc",
+                method=self.method,
+                code=self.code.name,
+                duration_ms=round(elapsed * 1000, 3),
+                peer=context.peer(),
+            ),
+        )
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler; see the module docstring."""
+
+    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method, metrics = details.method, self.metrics
+        kwargs: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, "unary", metrics)
+                call.received()
+                try:
+                    response = await inner_uu(request, context)
+                    call.sent()
+                    return response
+                except BaseException as exc:
+                    await call.fail(exc, context)
+                finally:
+                    call.finish(context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, "server_stream", metrics)
+                call.received()
+                try:
+                    async for response in _responses(inner_us(request, context)):
+                        call.sent()
+                        yield response
+                except BaseException as exc:
+                    await call.fail(exc, context)
+                finally:
+                    call.finish(context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, "bidi_stream", metrics)
+
+                async def counted() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        call.received()
+                        yield request
+
+                try:
+                    async for response in _responses(inner_ss(counted(), context)):
+                        call.sent()
+                        yield response
+                except BaseException as exc:
+                    await call.fail(exc, context)
+                finally:
+                    call.finish(context)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+        return handler  # client streaming: none in this server
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """Iterate a handler's responses, whether it is an async generator or a coroutine."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        value = await result
+        if value is not None:
+            yield value

@@ -1,0 +1,153 @@
+"""Wiring: builds the gRPC server, starts it, and drains it on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from versioner.v1 import deployment_service_pb2 as pb
+from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
+
+from versioner_grpc.config import Config
+from versioner_grpc.interceptors import ObservingInterceptor
+from versioner_grpc.logs import fields
+from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
+from versioner_grpc.service import DeploymentService
+from versioner_grpc.store.store import Store
+
+log = logging.getLogger("versioner.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class Server:
+    """A running Versioner: the gRPC server, its store, health and metrics."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(
+            config.database_url,
+            sqlite_synchronous=config.sqlite_synchronous,
+            readers=config.read_threads,
+        )
+        self.registry = CollectorRegistry()
+        self.health = HealthServicer()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_http = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        applied = await loop.run_in_executor(None, self.store.open)
+        if applied:
+            log.info("schema migrated", extra=fields(event="migrated", migrations=applied))
+        server = grpc.aio.server(
+            interceptors=[ObservingInterceptor(GrpcMetrics(self.registry))],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_DeploymentServiceServicer_to_server(DeploymentService(self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        host = self.config.listen.rpartition(":")[0]
+        self.grpc_port = server.add_insecure_port(self.config.listen)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self._grpc = server
+        if self.config.metrics_listen.lower() != "off":
+            mhost, _, mport = self.config.metrics_listen.rpartition(":")
+            self._metrics_http, _ = start_http_server(int(mport), mhost, registry=self.registry)
+            self.metrics_port = self._metrics_http.server_address[1]
+        await self._set_health(True)
+        self._tasks.append(asyncio.create_task(self._watch_database()))
+        log.info(
+            "serving",
+            extra=fields(
+                event="serving",
+                grpc_address=f"{host}:{self.grpc_port}",
+                metrics_address=f"{mhost}:{self.metrics_port}" if self.metrics_port else "",
+                database=_redacted(self.config.database_url),
+            ),
+        )
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_database(self) -> None:
+        """Health follows the database: NOT_SERVING while it is unreachable."""
+        healthy = True
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            ok = await self.store.ping()
+            if ok != healthy:
+                healthy = ok
+                await self._set_health(ok)
+                log.warning(
+                    "database %s",
+                    "reachable" if ok else "unreachable",
+                    extra=fields(event="database_health", serving=ok),
+                )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish (up to `grace` seconds), close."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.close)
+        log.info("stopped", extra=fields(event="stopped"))
+
+
+def _redacted(url: str) -> str:
+    """The database URL without its password, for logs."""
+    if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        userinfo, host = rest.split("@", 1)
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra=fields(event="shutdown"))
+    await server.stop()

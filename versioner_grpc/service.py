@@ -1,0 +1,109 @@
+"""DeploymentService: adapts protobuf requests to the domain and the store.
+
+Thin on purpose: validation lives in domain.validation, rules in domain.lifecycle
+and store.events, error mapping in the interceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from versioner.v1 import deployment_service_pb2 as pb
+from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
+
+from versioner_grpc import convert, pagetoken
+from versioner_grpc.domain.errors import invalid
+from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
+from versioner_grpc.store.store import Store
+from versioner_grpc.store.writer import now_us
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+class DeploymentService(pb_grpc.DeploymentServiceServicer):
+    """The versioner.v1.DeploymentService servicer."""
+
+    def __init__(self, store: Store, watch: object | None = None) -> None:
+        self.store = store
+        self.watch = watch
+
+    async def RecordEvent(
+        self, request: pb.RecordEventRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordEventResponse:
+        has_metadata = request.HasField("extra_metadata")
+        event = validate_event(
+            product=request.product_name,
+            version=request.version,
+            environment=request.environment_name,
+            status=request.status,
+            now=now_us(),
+            event_time=convert.optional_us(request, "event_time"),
+            event_id=request.event_id,
+            deployment_id=request.deployment_id,
+            deployed_by=request.deployed_by,
+            scm_branch=request.scm_branch,
+            scm_sha=request.scm_sha,
+            build_url=request.build_url,
+            metadata=convert.metadata_dict(request.extra_metadata) if has_metadata else None,
+            metadata_bytes=request.extra_metadata.ByteSize() if has_metadata else 0,
+            scm_commit_time=convert.optional_us(request, "scm_commit_time"),
+        )
+        result = await self.store.record(event)
+        return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)
+
+    async def GetCurrent(
+        self, request: pb.GetCurrentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCurrentResponse:
+        filters = validate_filters(
+            product=request.product_name, environment=request.environment_name
+        )
+        states, revision = await self.store.current(filters.product, filters.environment)
+        return pb.GetCurrentResponse(states=[convert.state(s) for s in states], revision=revision)
+
+    async def ListHistory(
+        self, request: pb.ListHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListHistoryResponse:
+        filters = _filters(request)
+        if request.page_size < 0:
+            raise invalid("page_size", "must not be negative")
+        limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = pagetoken.decode(filters.key(), request.page_token) if request.page_token else None
+        page, next_key, revision = await self.store.history(filters, after, limit)
+        return pb.ListHistoryResponse(
+            deployments=[convert.deployment(d) for d in page],
+            next_page_token=pagetoken.encode(filters.key(), next_key) if next_key else "",
+            revision=revision,
+        )
+
+    async def WatchDeployments(
+        self, request: pb.WatchDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchDeploymentsResponse]:
+        filters = validate_filters(
+            product=request.product_name,
+            environment=request.environment_name,
+            statuses=list(request.statuses),
+        )
+        after = request.after_revision if request.HasField("after_revision") else None
+        if after is not None and after < 0:
+            raise invalid("after_revision", "must not be negative")
+        if self.watch is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watching is not enabled")
+        async for item in self.watch.stream(filters, after):  # type: ignore[attr-defined]
+            if isinstance(item, int):
+                yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())
+            else:
+                yield pb.WatchDeploymentsResponse(revision=item.revision, event=convert.event(item))
+
+
+def _filters(request: pb.ListHistoryRequest) -> Filters:
+    return validate_filters(
+        product=request.product_name,
+        environment=request.environment_name,
+        statuses=list(request.statuses),
+        version=request.version,
+        deployed_by=request.deployed_by,
+        since=convert.optional_us(request, "since"),
+        until=convert.optional_us(request, "until"),
+    )

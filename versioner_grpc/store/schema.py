@@ -1,0 +1,208 @@
+"""Tables, as Peewee models, and the versioned migrations that create them.
+
+Models are defined per database (`define_models`) rather than bound globally, so
+one process can hold several stores (tests run SQLite and PostgreSQL servers
+side by side). All times are BIGINT microseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import peewee as pw
+
+
+@dataclass(frozen=True)
+class Models:
+    """The tables of one database."""
+
+    SchemaMigration: type[pw.Model]
+    VersionBinding: type[pw.Model]
+    Deployment: type[pw.Model]
+    Event: type[pw.Model]
+    IgnoredEvent: type[pw.Model]
+    CurrentState: type[pw.Model]
+    MetricCounter: type[pw.Model]
+    MetricBucket: type[pw.Model]
+
+    def all(self) -> list[type[pw.Model]]:
+        return [
+            self.SchemaMigration,
+            self.VersionBinding,
+            self.Deployment,
+            self.Event,
+            self.IgnoredEvent,
+            self.CurrentState,
+            self.MetricCounter,
+            self.MetricBucket,
+        ]
+
+
+def define_models(database: pw.Database) -> Models:
+    """Model classes bound to `database`."""
+
+    class Base(pw.Model):
+        class Meta:
+            legacy_table_names = False
+
+    Base._meta.database = database
+
+    class SchemaMigration(Base):
+        version = pw.IntegerField(primary_key=True)
+        applied_at = pw.BigIntegerField()
+
+    class VersionBinding(Base):
+        """The first non-empty scm_sha seen for (product, version) is bound to it."""
+
+        product = pw.CharField(max_length=255)
+        version = pw.CharField(max_length=100)
+        scm_sha = pw.CharField(max_length=64)
+
+        class Meta:
+            primary_key = pw.CompositeKey("product", "version")
+
+    class Deployment(Base):
+        id = pw.CharField(max_length=128, primary_key=True)
+        product = pw.CharField(max_length=255)
+        version = pw.CharField(max_length=100)
+        environment = pw.CharField(max_length=100)
+        environment_type = pw.SmallIntegerField()
+        status = pw.SmallIntegerField()
+        deployed_by = pw.CharField(max_length=255, default="")
+        scm_branch = pw.CharField(max_length=255, default="")
+        scm_sha = pw.CharField(max_length=64, default="")
+        build_url = pw.TextField(default="")
+        metadata = pw.TextField(default="{}")
+        create_time = pw.BigIntegerField()
+        update_time = pw.BigIntegerField()
+        start_time = pw.BigIntegerField(null=True)
+        end_time = pw.BigIntegerField(null=True)
+        previous_version = pw.CharField(max_length=100, default="")
+        is_rollback = pw.BooleanField(default=False)
+        scm_commit_time = pw.BigIntegerField(null=True)
+
+        class Meta:
+            indexes = (
+                # History pages (keyset on create_time, id), by each filter shape.
+                (("create_time", "id"), False),
+                (("product", "create_time", "id"), False),
+                (("environment", "create_time", "id"), False),
+                (("product", "environment", "create_time", "id"), False),
+                # The open deployment of a (product, version, environment).
+                (("product", "environment", "version", "status"), False),
+                # Previous completed deployment by end time (rollbacks).
+                (("product", "environment", "status", "end_time"), False),
+            )
+
+    class Event(Base):
+        """Append-only: every applied status report, with the deployment after it."""
+
+        revision = pw.BigIntegerField(primary_key=True)
+        event_id = pw.CharField(max_length=128, unique=True)
+        deployment_id = pw.CharField(max_length=128, index=True)
+        product = pw.CharField(max_length=255)
+        environment = pw.CharField(max_length=100)
+        status = pw.SmallIntegerField()
+        event_time = pw.BigIntegerField()
+        record_time = pw.BigIntegerField()
+        snapshot = pw.TextField()
+
+    class IgnoredEvent(Base):
+        """Client event_ids of lifecycle duplicates, so that replays stay no-ops."""
+
+        event_id = pw.CharField(max_length=128, primary_key=True)
+        deployment_id = pw.CharField(max_length=128)
+        product = pw.CharField(max_length=255)
+        version = pw.CharField(max_length=100)
+        environment = pw.CharField(max_length=100)
+        status = pw.SmallIntegerField()
+        event_time = pw.BigIntegerField()
+        record_time = pw.BigIntegerField()
+
+    class CurrentState(Base):
+        """What runs where, kept in the event's transaction: GetCurrent is a lookup."""
+
+        product = pw.CharField(max_length=255)
+        environment = pw.CharField(max_length=100)
+        environment_type = pw.SmallIntegerField()
+        current_id = pw.CharField(max_length=128, null=True)
+        current_end_time = pw.BigIntegerField(null=True)
+        latest_id = pw.CharField(max_length=128)
+        latest_create_time = pw.BigIntegerField()
+        in_progress = pw.IntegerField(default=0)
+
+        class Meta:
+            primary_key = pw.CompositeKey("product", "environment")
+            indexes = ((("environment", "product"), False),)
+
+    class MetricCounter(Base):
+        """Metric projection: counts and sums per (product, environment, metric, status)."""
+
+        product = pw.CharField(max_length=255)
+        environment = pw.CharField(max_length=100)
+        metric = pw.CharField(max_length=64)
+        status = pw.SmallIntegerField(default=0)
+        count = pw.BigIntegerField(default=0)
+        sum = pw.DoubleField(default=0.0)
+        last = pw.BigIntegerField(default=0)
+
+        class Meta:
+            primary_key = pw.CompositeKey("product", "environment", "metric", "status")
+
+    class MetricBucket(Base):
+        """Metric projection: histogram bucket counts (non-cumulative, per upper bound)."""
+
+        product = pw.CharField(max_length=255)
+        environment = pw.CharField(max_length=100)
+        metric = pw.CharField(max_length=64)
+        status = pw.SmallIntegerField(default=0)
+        bucket = pw.SmallIntegerField()
+        count = pw.BigIntegerField(default=0)
+
+        class Meta:
+            primary_key = pw.CompositeKey("product", "environment", "metric", "status", "bucket")
+
+    return Models(
+        SchemaMigration,
+        VersionBinding,
+        Deployment,
+        Event,
+        IgnoredEvent,
+        CurrentState,
+        MetricCounter,
+        MetricBucket,
+    )
+
+
+def _v1_initial(models: Models) -> None:
+    models.SchemaMigration._meta.database.create_tables(
+        [m for m in models.all() if m is not models.SchemaMigration]
+    )
+
+
+# Append only: a migration, once released, is never edited.
+MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
+    (1, _v1_initial),
+]
+
+
+def migrate(models: Models, lock: Callable[[], None]) -> list[int]:
+    """Apply the migrations not yet applied, in one transaction; return their numbers.
+
+    `lock` serializes replicas starting together (an advisory lock on PostgreSQL).
+    """
+    db = models.SchemaMigration._meta.database
+    with db.atomic():
+        lock()
+        db.create_tables([models.SchemaMigration], safe=True)
+        done = {row.version for row in models.SchemaMigration.select()}
+        applied = []
+        for number, step in MIGRATIONS:
+            if number in done:
+                continue
+            step(models)
+            models.SchemaMigration.create(version=number, applied_at=int(time.time() * 1e6))
+            applied.append(number)
+        return applied

@@ -1,0 +1,92 @@
+"""The store as the service sees it: async reads on a thread pool, writes via the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from versioner_grpc.domain.model import Deployment as DeploymentValue
+from versioner_grpc.domain.model import EnvironmentState, EventInput, RecordResult, StoredEvent
+from versioner_grpc.domain.validation import Filters
+from versioner_grpc.store import reads
+from versioner_grpc.store.database import Database
+from versioner_grpc.store.schema import Models
+from versioner_grpc.store.writer import Writer
+
+T = TypeVar("T")
+
+
+class Store:
+    """One database, its reader threads and its writer thread."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL", readers: int = 4) -> None:
+        self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
+        self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
+        self.writer = Writer(self.database, on_commit=self._committed)
+
+    def open(self) -> list[int]:
+        """Migrate the schema and start the writer; return the migrations applied."""
+        applied = self.database.migrate()
+        self.database.close()
+        self.writer.start()
+        return applied
+
+    def close(self) -> None:
+        self.writer.stop()
+        self._readers.submit(self.database.close).result()
+        self._readers.shutdown(wait=True)
+
+    def subscribe(self, callback: Callable[[list[StoredEvent]], None]) -> None:
+        """Call `callback` (on the writer thread) with each batch of committed events."""
+        self._subscribers.append(callback)
+
+    def _committed(self, events: list[StoredEvent]) -> None:
+        for callback in self._subscribers:
+            callback(events)
+
+    async def record(self, event: EventInput) -> RecordResult:
+        return await self.writer.record(event)
+
+    async def read(self, question: Callable[[Models], T]) -> T:
+        """Answer `question` on a reader thread, inside one consistent snapshot."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_sync, question)
+
+    def _read_sync(self, question: Callable[[Models], T]) -> T:
+        def run() -> T:
+            with self._snapshot():
+                return question(self.database.models)
+
+        return self.database.call(run)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        db = self.database.db
+        with db.atomic():
+            if self.database.is_postgres:
+                db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
+    async def current(
+        self, product: str = "", environment: str = ""
+    ) -> tuple[list[EnvironmentState], int]:
+        return await self.read(
+            lambda m: (reads.current_states(m, product, environment), reads.head_revision(m))
+        )
+
+    async def history(
+        self, filters: Filters, after: reads.PageKey | None, limit: int
+    ) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
+        def question(m: Models) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
+            page, next_key = reads.history_page(m, filters, after, limit)
+            return page, next_key, reads.head_revision(m)
+
+        return await self.read(question)
+
+    async def ping(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.ping)
