@@ -21,6 +21,7 @@ from versioner_grpc.logs import fields
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.service import DeploymentService
 from versioner_grpc.store.store import Store
+from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
@@ -44,6 +45,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.watch: WatchHub | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -58,7 +60,17 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_DeploymentServiceServicer_to_server(DeploymentService(self.store), server)
+        self.watch = WatchHub(
+            self.store,
+            progress_interval=self.config.progress_interval,
+            max_watchers=self.config.max_watchers,
+            buffer=self.config.watch_buffer,
+            poll_interval=self.config.poll_interval,
+        )
+        await self.watch.start()
+        pb_grpc.add_DeploymentServiceServicer_to_server(
+            DeploymentService(self.store, self.watch), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
@@ -69,9 +81,10 @@ class Server:
             server,
         )
         host = self.config.listen.rpartition(":")[0]
-        self.grpc_port = server.add_insecure_port(self.config.listen)
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        try:
+            self.grpc_port = server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.config.listen}: address in use?") from exc
         await server.start()
         self._grpc = server
         if self.config.metrics_listen.lower() != "off":
@@ -120,6 +133,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
+        if self.watch is not None:
+            await self.watch.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._metrics_http is not None:

@@ -17,6 +17,7 @@ from versioner_grpc.domain.errors import invalid
 from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
+from versioner_grpc.watch import WatchHub
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -25,7 +26,7 @@ MAX_PAGE_SIZE = 1000
 class DeploymentService(pb_grpc.DeploymentServiceServicer):
     """The versioner.v1.DeploymentService servicer."""
 
-    def __init__(self, store: Store, watch: object | None = None) -> None:
+    def __init__(self, store: Store, watch: WatchHub | None = None) -> None:
         self.store = store
         self.watch = watch
 
@@ -90,7 +91,7 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             raise invalid("after_revision", "must not be negative")
         if self.watch is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watching is not enabled")
-        async for item in self.watch.stream(filters, after):  # type: ignore[attr-defined]
+        async for item in self.watch.stream(filters, after):
             if isinstance(item, int):
                 yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())
             else:

@@ -114,5 +114,18 @@ def events_after(
     ]
 
 
+def events_page(
+    m: Models, after: int, limit: int, filters: Filters | None = None
+) -> tuple[list[StoredEvent], int]:
+    """Matching events after `after`, and the revision this page has covered.
+
+    Covered means every matching event up to it is in this page or before it:
+    the head revision when the page is not full, else the page's last revision.
+    """
+    events = events_after(m, after, limit, filters)
+    covered = events[-1].revision if len(events) == limit else max(after, head_revision(m))
+    return events, covered
+
+
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]

@@ -87,6 +87,15 @@ class Store:
 
         return await self.read(question)
 
+    async def events_page(
+        self, after: int, limit: int, filters: Filters | None = None
+    ) -> tuple[list[StoredEvent], int]:
+        return await self.read(lambda m: reads.events_page(m, after, limit, filters))
+
+    async def revisions(self) -> tuple[int, int]:
+        """(oldest, newest) stored revision; (0, 0) when empty."""
+        return await self.read(lambda m: (reads.oldest_revision(m), reads.head_revision(m)))
+
     async def ping(self) -> bool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.database.ping)
