@@ -18,6 +18,7 @@ from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 from versioner_grpc.config import Config
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
+from versioner_grpc.metrics.deployments import DeploymentCollector
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.service import DeploymentService
 from versioner_grpc.store.store import Store
@@ -39,6 +40,7 @@ class Server:
             readers=config.read_threads,
         )
         self.registry = CollectorRegistry()
+        self.registry.register(DeploymentCollector(self.store.database))
         self.health = HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
