@@ -47,8 +47,8 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self, grace: float = 1.0) -> None:
-        self.channel.close()
         self.run(self.server.stop(grace))
+        self.channel.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

@@ -25,6 +25,7 @@ class Config:
     watch_buffer: int = 1_000
     poll_interval: float = 2.0
     read_threads: int = 4
+    event_retention_days: float = 0.0
 
 
 HELP = {
@@ -42,6 +43,9 @@ HELP = {
     "watch_buffer": "events buffered per watcher before a slow one is cut off",
     "poll_interval": "seconds between polls for events written by other replicas",
     "read_threads": "threads (and database connections) serving reads",
+    "event_retention_days": "delete events older than this many days (0 keeps them forever); "
+    "deployments, current state and metrics are kept, but watchers cannot resume from "
+    "before the oldest kept event and event_id replays are recognized only within it",
 }
 
 

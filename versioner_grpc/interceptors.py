@@ -26,13 +26,21 @@ log = logging.getLogger("versioner.rpc")
 class _Call:
     """Book-keeping for one RPC: labels, timing, the final code."""
 
-    def __init__(self, method: str, grpc_type: str, metrics: GrpcMetrics | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        grpc_type: str,
+        metrics: GrpcMetrics | None,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", method)
         self.method = method
         self.labels = (grpc_type, service, name)
         self.metrics = metrics
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
+        # Read now: asking a cancelled call for its peer later reads freed memory.
+        self.peer = context.peer()
         if metrics:
             metrics.started.labels(*self.labels).inc()
 
@@ -53,7 +61,7 @@ class _Call:
         if isinstance(exc, grpc.aio.AbortError):
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise exc
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             self.code = grpc.StatusCode.CANCELLED
             raise exc
         log.exception("unhandled error in %s", self.method, exc_info=exc)
@@ -61,7 +69,7 @@ class _Call:
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     def finish(self, context: grpc.aio.ServicerContext) -> None:
-        if self.code == grpc.StatusCode.OK:
+        if self.code == grpc.StatusCode.OK and not context.cancelled():
             self.code = context.code() or grpc.StatusCode.OK
         elapsed = time.perf_counter() - self.start
         if self.metrics:
@@ -74,7 +82,7 @@ class _Call:
                 method=self.method,
                 code=self.code.name,
                 duration_ms=round(elapsed * 1000, 3),
-                peer=context.peer(),
+                peer=self.peer,
             ),
         )
 
@@ -102,7 +110,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, "unary", metrics)
+                call = _Call(method, "unary", metrics, context)
                 call.received()
                 try:
                     response = await inner_uu(request, context)
@@ -118,7 +126,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, "server_stream", metrics)
+                call = _Call(method, "server_stream", metrics, context)
                 call.received()
                 try:
                     async for response in _responses(inner_us(request, context)):
@@ -134,7 +142,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, "bidi_stream", metrics)
+                call = _Call(method, "bidi_stream", metrics, context)
 
                 async def counted() -> AsyncIterator[Any]:
                     async for request in requests:

@@ -16,12 +16,14 @@ from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from versioner_grpc.config import Config
+from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentCollector
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.service import DeploymentService
 from versioner_grpc.store.store import Store
+from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
@@ -95,6 +97,8 @@ class Server:
             self.metrics_port = self._metrics_http.server_address[1]
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
+        if self.config.event_retention_days > 0:
+            self._tasks.append(asyncio.create_task(self._compact_periodically()))
         log.info(
             "serving",
             extra=fields(
@@ -128,6 +132,18 @@ class Server:
                     "reachable" if ok else "unreachable",
                     extra=fields(event="database_health", serving=ok),
                 )
+
+    async def _compact_periodically(self) -> None:
+        """Apply the event retention once at start, then hourly."""
+        while True:
+            cutoff = now_us() - int(self.config.event_retention_days * 86_400 * 1e6)
+            try:
+                deleted = await self.store.compact(cutoff)
+                if deleted:
+                    log.info("compacted events", extra=fields(event="compacted", deleted=deleted))
+            except Unavailable as exc:
+                log.warning("compaction skipped: %s", exc)
+            await asyncio.sleep(3600)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` seconds), close."""

@@ -171,9 +171,10 @@ class WatchHub:
         watcher = _Watcher(filters, asyncio.Queue(self.buffer))
         self._watchers.add(watcher)  # before catching up: nothing falls between
         try:
-            sent = self.head
-            if after is not None:
-                oldest, newest = await self.store.revisions()
+            if after is None:  # live only: whatever commits from now on
+                _, sent = await self.store.revisions()
+            else:
+                oldest, _ = await self.store.revisions()
                 if oldest and after < oldest - 1:
                     raise FailedPrecondition(
                         "REVISION_COMPACTED",
@@ -223,7 +224,7 @@ class WatchHub:
 class _PostgresListener:
     """LISTEN versioner_events on a connection of its own; pokes the hub on NOTIFY."""
 
-    def __init__(self, url: str, poke, loop: asyncio.AbstractEventLoop) -> None:  # noqa: ANN001
+    def __init__(self, url: str, poke, loop: asyncio.AbstractEventLoop) -> None:
         self.url = url
         self.poke = poke
         self._stop = threading.Event()

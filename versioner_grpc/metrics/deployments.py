@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from versioner_grpc import __version__
 from versioner_grpc.domain.errors import Unavailable
-from versioner_grpc.domain.model import EnvironmentType, Status
+from versioner_grpc.domain.model import TERMINAL, EnvironmentType, Status
 from versioner_grpc.store import projection
 from versioner_grpc.store.database import Database
 
@@ -139,16 +139,24 @@ class DeploymentCollector(Collector):
             "The version currently deployed (last completed) per product and environment.",
             labels=["product", "environment", "environment_type", "version"],
         )
+        # Every known place exports every terminal status and its rollbacks, at 0 until
+        # the first one: rate() cannot see the increment that creates a series.
+        counts: dict[tuple, int] = {(p, e, s): 0 for (p, e) in env_types for s in sorted(TERMINAL)}
+        rollback_counts: dict[tuple, int] = dict.fromkeys(env_types, 0)
         sums: dict[tuple, tuple[int, float]] = {}
         for product, env, metric, status, count, total, last_time in counters:
             if metric == projection.DEPLOYMENTS:
-                env_type = _env_type(env_types.get((product, env), 0))
-                deployments.add_metric([product, env, env_type, _status(status)], count)
+                counts[(product, env, status)] = count
                 last.add_metric([product, env, _status(status)], last_time / 1e6)
             elif metric == projection.ROLLBACKS:
-                rollbacks.add_metric([product, env], count)
+                rollback_counts[(product, env)] = count
             elif metric in HISTOGRAMS:
                 sums[(product, env, metric, status)] = (count, total)
+        for (product, env, status), count in sorted(counts.items()):
+            env_type = _env_type(env_types.get((product, env), 0))
+            deployments.add_metric([product, env, env_type, _status(status)], count)
+        for (product, env), count in sorted(rollback_counts.items()):
+            rollbacks.add_metric([product, env], count)
         for product, env, env_type, busy, version in states:
             in_progress.add_metric([product, env], busy)
             if version is not None:

@@ -96,6 +96,29 @@ class Store:
         """(oldest, newest) stored revision; (0, 0) when empty."""
         return await self.read(lambda m: (reads.oldest_revision(m), reads.head_revision(m)))
 
+    async def compact(self, older_than: int) -> int:
+        """Delete events recorded before `older_than` (µs), always keeping the newest one.
+
+        Deployments, current state and metrics are kept; only the event log (the
+        watch cursor's history and the event_id idempotency window) shrinks.
+        """
+
+        def run() -> int:
+            m = self.database.models
+            with self.database.write_transaction():
+                self.database.lock_appends()
+                head = reads.head_revision(m)
+                deleted = (
+                    m.Event.delete()
+                    .where((m.Event.record_time < older_than) & (m.Event.revision < head))
+                    .execute()
+                )
+                m.IgnoredEvent.delete().where(m.IgnoredEvent.record_time < older_than).execute()
+                return deleted
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.call, run)
+
     async def ping(self) -> bool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.database.ping)
