@@ -11,9 +11,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from versioner.v1 import deployment_service_pb2 as pb
 
 from tests.conftest import start_server
-from versioner.v1 import deployment_service_pb2 as pb
 
 COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
 STARTED = pb.DEPLOYMENT_STATUS_STARTED
