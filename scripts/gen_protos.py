@@ -32,10 +32,16 @@ def main() -> int:
         print("protoc-gen-mypy_grpc not found: install the dev extra", file=sys.stderr)
         return 1
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTOS}", f"-I{well_known}",
-        f"--python_out={OUT}", f"--pyi_out={OUT}", f"--grpc_python_out={OUT}",
-        f"--plugin=protoc-gen-mypy_grpc={plugin}", f"--mypy_grpc_out=quiet:{OUT}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={OUT}",
+        f"--pyi_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin}",
+        f"--mypy_grpc_out=quiet:{OUT}",
         *sources,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)

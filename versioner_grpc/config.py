@@ -26,6 +26,14 @@ class Config:
     poll_interval: float = 2.0
     read_threads: int = 4
     event_retention_days: float = 0.0
+    auth_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure: bool = False
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    keepalive_seconds: float = 60.0
 
 
 HELP = {
@@ -43,6 +51,16 @@ HELP = {
     "watch_buffer": "events buffered per watcher before a slow one is cut off",
     "poll_interval": "seconds between polls for events written by other replicas",
     "read_threads": "threads (and database connections) serving reads",
+    "auth_file": "TOML file of token hashes and scopes (see `versioner-server token create`); "
+    "without it every call is allowed",
+    "tls_cert": "PEM certificate chain for TLS on the gRPC port",
+    "tls_key": "PEM private key for --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "insecure": "allow listening beyond loopback without an auth file (not recommended)",
+    "max_message_bytes": "largest request or response message accepted",
+    "max_metadata_bytes": "largest request metadata (headers) accepted",
+    "keepalive_seconds": "ping idle connections this often to detect dead peers (clients may "
+    "ping no more often than every 10 s)",
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",
@@ -62,6 +80,16 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         var = "VERSIONER_" + f.name.upper()
         default = env.get(var, f.default)
         kind = type(f.default)
+        if kind is bool:
+            truthy = str(default).strip().lower() in ("1", "true", "yes", "on")
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_true",
+                default=truthy,
+                help=f"{HELP[f.name]} [{var}=true]",
+            )
+            continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -71,4 +99,9 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
             help=f"{HELP[f.name]} [{var}; default: {f.default}]",
         )
     args = parser.parse_args(argv)
-    return Config(**vars(args))
+    cfg = Config(**vars(args))
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    return cfg

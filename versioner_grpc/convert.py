@@ -67,6 +67,7 @@ def event(e: StoredEvent) -> pb.Event:
         event_time=timestamp(e.event_time),
         record_time=timestamp(e.record_time),
         deployment=deployment(e.deployment),
+        recorded_by=e.recorded_by,
     )
 
 

@@ -10,7 +10,9 @@ from grpc_status import rpc_status
 from versioner_grpc.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     VersionerError,
 )
@@ -43,6 +45,10 @@ def to_status(exc: VersionerError) -> grpc.Status:
         )
     elif isinstance(exc, ResourceExhausted):
         proto = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc))
+    elif isinstance(exc, Unauthenticated):
+        proto = status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=str(exc))
+    elif isinstance(exc, PermissionDenied):
+        proto = status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=str(exc))
     elif isinstance(exc, Unavailable):
         proto = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))
     else:

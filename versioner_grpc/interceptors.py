@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from versioner_grpc.auth import TokenFile, principal_name
 from versioner_grpc.domain.errors import VersionerError
 from versioner_grpc.errors_grpc import to_status
 from versioner_grpc.logs import fields
@@ -41,6 +42,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         # Read now: asking a cancelled call for its peer later reads freed memory.
         self.peer = context.peer()
+        self.principal = ""
         if metrics:
             metrics.started.labels(*self.labels).inc()
 
@@ -83,6 +85,7 @@ class _Call:
                 code=self.code.name,
                 duration_ms=round(elapsed * 1000, 3),
                 peer=self.peer,
+                principal=self.principal,
             ),
         )
 
@@ -90,8 +93,16 @@ class _Call:
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler; see the module docstring."""
 
-    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
+    def __init__(self, metrics: GrpcMetrics | None = None, tokens: TokenFile | None = None) -> None:
         self.metrics = metrics
+        self.tokens = tokens
+
+    def _authorize(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+        """Check the caller before the handler runs; its name goes on events and logs."""
+        if self.tokens is None:
+            return
+        call.principal = self.tokens.authorize(call.method, context.invocation_metadata() or ())
+        principal_name.set(call.principal)
 
     async def intercept_service(
         self,
@@ -101,7 +112,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method, metrics = details.method, self.metrics
+        method, metrics, authorize = details.method, self.metrics, self._authorize
         kwargs: dict[str, Any] = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -113,6 +124,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 call = _Call(method, "unary", metrics, context)
                 call.received()
                 try:
+                    authorize(call, context)
                     response = await inner_uu(request, context)
                     call.sent()
                     return response
@@ -129,6 +141,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 call = _Call(method, "server_stream", metrics, context)
                 call.received()
                 try:
+                    authorize(call, context)
                     async for response in _responses(inner_us(request, context)):
                         call.sent()
                         yield response
@@ -150,6 +163,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                         yield request
 
                 try:
+                    authorize(call, context)
                     async for response in _responses(inner_ss(counted(), context)):
                         call.sent()
                         yield response

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
+from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.interceptors import ObservingInterceptor
@@ -28,7 +30,60 @@ from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def check_exposure(config: Config) -> None:
+    """Secure by default: beyond loopback only with an auth file, or --insecure."""
+    host = config.listen.rpartition(":")[0]
+    if host in LOOPBACK or host.startswith("127."):
+        return
+    if config.auth_file:
+        if not config.tls_cert:
+            log.warning(
+                "tokens travel in clear text: add --tls-cert/--tls-key",
+                extra=fields(event="insecure_transport"),
+            )
+        return
+    if not config.insecure:
+        raise ValueError(
+            f"refusing to listen on {config.listen} without --auth-file: anyone who can "
+            "reach it could write deployments (pass --insecure to allow it anyway)"
+        )
+    log.warning(
+        "listening on %s with no authentication (--insecure)",
+        config.listen,
+        extra=fields(event="insecure"),
+    )
+
+
+def server_options(config: Config) -> list[tuple[str, int]]:
+    """Message and metadata limits, and keepalive suited to long watch streams."""
+    keepalive_ms = int(config.keepalive_seconds * 1000)
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_metadata_size", config.max_metadata_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
+def tls_credentials(config: Config) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    key = Path(config.tls_key).read_bytes()
+    chain = Path(config.tls_cert).read_bytes()
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 class Server:
@@ -44,6 +99,7 @@ class Server:
         self.registry = CollectorRegistry()
         self.registry.register(DeploymentCollector(self.store.database))
         self.health = HealthServicer()
+        self.tokens: TokenFile | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -52,17 +108,15 @@ class Server:
         self.watch: WatchHub | None = None
 
     async def start(self) -> None:
+        check_exposure(self.config)
+        self.tokens = TokenFile(self.config.auth_file) if self.config.auth_file else None
         loop = asyncio.get_running_loop()
         applied = await loop.run_in_executor(None, self.store.open)
         if applied:
             log.info("schema migrated", extra=fields(event="migrated", migrations=applied))
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(GrpcMetrics(self.registry))],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
+            interceptors=[ObservingInterceptor(GrpcMetrics(self.registry), self.tokens)],
+            options=server_options(self.config),
         )
         self.watch = WatchHub(
             self.store,
@@ -86,7 +140,11 @@ class Server:
         )
         host = self.config.listen.rpartition(":")[0]
         try:
-            self.grpc_port = server.add_insecure_port(self.config.listen)
+            credentials = tls_credentials(self.config)
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(self.config.listen)
+            else:
+                self.grpc_port = server.add_secure_port(self.config.listen, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.config.listen}: address in use?") from exc
         await server.start()
@@ -108,6 +166,17 @@ class Server:
                 database=_redacted(self.config.database_url),
             ),
         )
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: re-read the auth file; a broken file keeps the old tokens."""
+        if self.tokens is None:
+            return
+        try:
+            count = self.tokens.reload()
+        except (OSError, ValueError) as exc:
+            log.error("auth file not reloaded: %s", exc, extra=fields(event="auth_reload_failed"))
+            return
+        log.info("auth file reloaded", extra=fields(event="auth_reloaded", tokens=count))
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -181,6 +250,8 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
     await stop.wait()
     log.info("shutting down", extra=fields(event="shutdown"))
     await server.stop()

@@ -13,6 +13,7 @@ from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from versioner_grpc import convert, pagetoken
+from versioner_grpc.auth import principal_name
 from versioner_grpc.domain.errors import invalid
 from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
 from versioner_grpc.store.store import Store
@@ -50,6 +51,7 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             metadata=convert.metadata_dict(request.extra_metadata) if has_metadata else None,
             metadata_bytes=request.extra_metadata.ByteSize() if has_metadata else 0,
             scm_commit_time=convert.optional_us(request, "scm_commit_time"),
+            recorded_by=principal_name.get(),
         )
         result = await self.store.record(event)
         return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)

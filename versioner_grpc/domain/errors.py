@@ -33,6 +33,14 @@ class ResourceExhausted(VersionerError):
     """A limit was reached (too many watchers, a watcher too slow)."""
 
 
+class Unauthenticated(VersionerError):
+    """No credentials, or credentials nobody issued."""
+
+
+class PermissionDenied(VersionerError):
+    """Known credentials without the scope the call needs."""
+
+
 class Unavailable(VersionerError):
     """The database cannot be reached; the call may be retried."""
 

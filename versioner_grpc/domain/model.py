@@ -61,6 +61,7 @@ class EventInput:
     build_url: str = ""
     metadata: dict[str, Any] | None = None
     scm_commit_time: int | None = None
+    recorded_by: str = ""
 
 
 @dataclass
@@ -104,6 +105,7 @@ class StoredEvent:
     event_time: int
     record_time: int
     deployment: Deployment
+    recorded_by: str = ""
 
 
 @dataclass(frozen=True)

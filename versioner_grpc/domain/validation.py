@@ -82,6 +82,7 @@ def validate_event(
     metadata: dict[str, Any] | None = None,
     metadata_bytes: int = 0,
     scm_commit_time: int | None = None,
+    recorded_by: str = "",
 ) -> EventInput:
     """Check a RecordEvent request and return its normalized form."""
     v = _Violations()
@@ -129,6 +130,7 @@ def validate_event(
         build_url=build_url,
         metadata=metadata or None,
         scm_commit_time=scm_commit_time,
+        recorded_by=recorded_by,
     )
 
 

@@ -89,8 +89,11 @@ def apply_event(m: Models, inp: EventInput, now: int, revision: int) -> RecordRe
         event_time=inp.event_time,
         record_time=now,
         snapshot=snapshot(after),
+        recorded_by=inp.recorded_by,
     ).execute()
-    event = StoredEvent(revision, inp.event_id, inp.status, inp.event_time, now, after)
+    event = StoredEvent(
+        revision, inp.event_id, inp.status, inp.event_time, now, after, inp.recorded_by
+    )
     return RecordResult(event, duplicate=False)
 
 
@@ -107,7 +110,13 @@ def _replay(m: Models, inp: EventInput) -> RecordResult | None:
         stored = deployment_from_snapshot(row.snapshot)
         _same_request(inp, stored.product, stored.version, stored.environment, row.status)
         event = StoredEvent(
-            row.revision, row.event_id, Status(row.status), row.event_time, row.record_time, stored
+            row.revision,
+            row.event_id,
+            Status(row.status),
+            row.event_time,
+            row.record_time,
+            stored,
+            row.recorded_by,
         )
         return RecordResult(event, duplicate=True)
     ignored = m.IgnoredEvent.get_or_none(m.IgnoredEvent.event_id == inp.event_id)

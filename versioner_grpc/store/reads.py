@@ -109,6 +109,7 @@ def events_after(
             event_time=row.event_time,
             record_time=row.record_time,
             deployment=deployment_from_snapshot(row.snapshot),
+            recorded_by=row.recorded_by,
         )
         for row in query.order_by(E.revision).limit(limit)
     ]

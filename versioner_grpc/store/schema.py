@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as migrate_schema
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def define_models(database: pw.Database) -> Models:
         event_time = pw.BigIntegerField()
         record_time = pw.BigIntegerField()
         snapshot = pw.TextField()
+        recorded_by = pw.CharField(max_length=255, default="")
 
     class IgnoredEvent(Base):
         """Client event_ids of lifecycle duplicates, so that replays stay no-ops."""
@@ -182,9 +185,21 @@ def _v1_initial(models: Models) -> None:
     )
 
 
-# Append only: a migration, once released, is never edited.
+def _v2_recorded_by(models: Models) -> None:
+    """Events remember which token recorded them (audit identity)."""
+    db = models.Event._meta.database
+    columns = {c.name for c in db.get_columns(models.Event._meta.table_name)}
+    if "recorded_by" not in columns:  # v1 may have created it already
+        field = models.Event.recorded_by
+        migrator = SchemaMigrator.from_database(db)
+        migrate_schema(migrator.add_column(models.Event._meta.table_name, "recorded_by", field))
+
+
+# Append only: a migration, once released, is never edited. v1 creates tables
+# from the current models, so later steps check before they alter.
 MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
     (1, _v1_initial),
+    (2, _v2_recorded_by),
 ]
 
 

@@ -83,20 +83,22 @@ class Deployment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., product_name: _Optional[str] = ..., version: _Optional[str] = ..., environment_name: _Optional[str] = ..., environment_type: _Optional[_Union[EnvironmentType, str]] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., deployed_by: _Optional[str] = ..., scm_branch: _Optional[str] = ..., scm_sha: _Optional[str] = ..., build_url: _Optional[str] = ..., extra_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., previous_version: _Optional[str] = ..., is_rollback: _Optional[bool] = ..., scm_commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("revision", "event_id", "status", "event_time", "record_time", "deployment")
+    __slots__ = ("revision", "event_id", "status", "event_time", "record_time", "deployment", "recorded_by")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     RECORD_TIME_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_BY_FIELD_NUMBER: _ClassVar[int]
     revision: int
     event_id: str
     status: DeploymentStatus
     event_time: _timestamp_pb2.Timestamp
     record_time: _timestamp_pb2.Timestamp
     deployment: Deployment
-    def __init__(self, revision: _Optional[int] = ..., event_id: _Optional[str] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+    recorded_by: str
+    def __init__(self, revision: _Optional[int] = ..., event_id: _Optional[str] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., recorded_by: _Optional[str] = ...) -> None: ...
 
 class RecordEventRequest(_message.Message):
     __slots__ = ("product_name", "version", "environment_name", "status", "deployed_by", "scm_branch", "scm_sha", "build_url", "extra_metadata", "event_time", "event_id", "deployment_id", "scm_commit_time")

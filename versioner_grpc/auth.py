@@ -1,0 +1,139 @@
+"""Bearer tokens with scopes, from a file that stores only their SHA-256 hashes.
+
+The auth file is TOML, one table per token, so issuing a token is an append:
+
+    [[token]]
+    name = "ci"
+    sha256 = "9f86d0..."
+    scopes = ["deployments:write"]
+
+A presented token is hashed and compared with every stored hash in constant
+time. The file is re-read on SIGHUP, so a leaked token is revoked by deleting
+its table and sending one signal.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from versioner_grpc.domain.errors import PermissionDenied, Unauthenticated
+
+READ = "deployments:read"
+WRITE = "deployments:write"
+SCOPES = (READ, WRITE)
+SERVICE = "/versioner.v1.DeploymentService/"
+# The scope each RPC needs. Anything not listed (health, reflection) is open.
+REQUIRED_SCOPE = {
+    SERVICE + "RecordEvent": WRITE,
+    SERVICE + "GetCurrent": READ,
+    SERVICE + "ListHistory": READ,
+    SERVICE + "WatchDeployments": READ,
+}
+_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+# The principal of the call being served; empty when authentication is off.
+principal_name: contextvars.ContextVar[str] = contextvars.ContextVar("principal", default="")
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    sha256: bytes
+    scopes: frozenset[str]
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenFile:
+    """The tokens of an auth file; `reload()` re-reads it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tokens: tuple[Token, ...] = ()
+        self.reload()
+
+    def reload(self) -> int:
+        """Re-read the file; on error keep the old tokens and raise. Returns the count."""
+        self.tokens = tuple(load_tokens(self.path))
+        return len(self.tokens)
+
+    def authenticate(self, presented: str) -> Token | None:
+        digest = hash_token(presented)
+        found = None
+        for token in self.tokens:  # no early exit: every comparison costs the same
+            if hmac.compare_digest(token.sha256, digest):
+                found = token
+        return found
+
+    def authorize(self, method: str, metadata: Iterable[tuple[str, str | bytes]]) -> str:
+        """The caller's token name; raises before the call looks anything up."""
+        scope = REQUIRED_SCOPE.get(method)
+        if scope is None:
+            return ""
+        presented = bearer(metadata)
+        if presented is None:
+            raise Unauthenticated("missing bearer token: send 'authorization: Bearer <token>'")
+        token = self.authenticate(presented)
+        if token is None:
+            raise Unauthenticated("unknown or revoked token")
+        if scope not in token.scopes:
+            raise PermissionDenied(f"token {token.name!r} lacks the {scope} scope")
+        return token.name
+
+
+def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    for key, value in metadata:
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, credentials = text.partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+    return None
+
+
+def load_tokens(path: Path) -> list[Token]:
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    tokens = []
+    for i, entry in enumerate(data.get("token", [])):
+        name, digest, scopes = entry.get("name"), entry.get("sha256", ""), entry.get("scopes")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"{path}: token {i}: name must be 1-64 of A-Z a-z 0-9 . _ @ -")
+        if not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+            raise ValueError(f"{path}: token {name!r}: sha256 must be 64 hex digits")
+        if not isinstance(scopes, list) or not set(scopes) <= set(SCOPES) or not scopes:
+            raise ValueError(f"{path}: token {name!r}: scopes must be a subset of {SCOPES}")
+        tokens.append(Token(name, bytes.fromhex(digest), frozenset(scopes)))
+    return tokens
+
+
+def create_token(path: str | Path, name: str, scopes: Sequence[str]) -> str:
+    """Append a new token's hash to the auth file and return the token (shown once)."""
+    path = Path(path)
+    if not _NAME.match(name):
+        raise ValueError("name must be 1-64 of A-Z a-z 0-9 . _ @ -")
+    if not scopes or not set(scopes) <= set(SCOPES):
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    if path.exists() and any(t.name == name for t in load_tokens(path)):
+        raise ValueError(f"a token named {name!r} already exists in {path}")
+    token = "vrs_" + secrets.token_urlsafe(32)
+    quoted = ", ".join(f'"{scope}"' for scope in scopes)
+    entry = (
+        f'\n[[token]]\nname = "{name}"\nsha256 = "{hash_token(token).hex()}"\nscopes = [{quoted}]\n'
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(entry)
+    load_tokens(path)  # the file still parses
+    return token
