@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from versioner.v1 import deployment_service_pb2 as pb
 
+from versioner_grpc.domain.errors import invalid
 from versioner_grpc.domain.model import Deployment, EnvironmentState, StoredEvent
 
 
@@ -12,11 +13,18 @@ def us_from_timestamp(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
+# google.protobuf.Timestamp's valid range: 0001-01-01 to 9999-12-31.
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
 def optional_us(message: object, field: str) -> int | None:
-    """The field's time in microseconds, or None when unset."""
+    """The field's time in microseconds, or None when unset; out of range is invalid."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return us_from_timestamp(getattr(message, field))
+    ts = getattr(message, field)
+    if not (MIN_SECONDS <= ts.seconds <= MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise invalid(field, "is not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)")
+    return us_from_timestamp(ts)
 
 
 def timestamp(us: int) -> timestamp_pb2.Timestamp:
@@ -25,7 +33,10 @@ def timestamp(us: int) -> timestamp_pb2.Timestamp:
 
 
 def metadata_dict(struct: struct_pb2.Struct) -> dict:
-    return json_format.MessageToDict(struct)
+    try:
+        return json_format.MessageToDict(struct)
+    except ValueError as exc:  # NaN or infinity: not representable in JSON
+        raise invalid("extra_metadata", "numbers must be finite (no NaN or infinity)") from exc
 
 
 def deployment(d: Deployment) -> pb.Deployment:

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from versioner_grpc.auth import TokenFile, principal_name
-from versioner_grpc.domain.errors import VersionerError
+from versioner_grpc.domain.errors import VersionerError, invalid
 from versioner_grpc.errors_grpc import to_status
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
@@ -113,8 +114,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method, metrics, authorize = details.method, self.metrics, self._authorize
+        # Requests are parsed inside the wrapper, so bytes that are not a valid
+        # message become INVALID_ARGUMENT rather than gRPC's UNKNOWN.
+        parse = _parser(handler.request_deserializer)
         kwargs: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": None,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -125,7 +129,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 call.received()
                 try:
                     authorize(call, context)
-                    response = await inner_uu(request, context)
+                    response = await inner_uu(parse(request), context)
                     call.sent()
                     return response
                 except BaseException as exc:
@@ -142,7 +146,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 call.received()
                 try:
                     authorize(call, context)
-                    async for response in _responses(inner_us(request, context)):
+                    async for response in _responses(inner_us(parse(request), context)):
                         call.sent()
                         yield response
                 except BaseException as exc:
@@ -160,7 +164,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 async def counted() -> AsyncIterator[Any]:
                     async for request in requests:
                         call.received()
-                        yield request
+                        yield parse(request)
 
                 try:
                     authorize(call, context)
@@ -174,6 +178,19 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
         return handler  # client streaming: none in this server
+
+
+def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    if deserialize is None:
+        return lambda raw: raw
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as exc:
+            raise invalid("request", f"is not a valid message: {exc}") from exc
+
+    return parse
 
 
 async def _responses(result: Any) -> AsyncIterator[Any]:

@@ -110,8 +110,11 @@ def validate_event(
             v.add("event_time", "must not be more than 5 minutes in the future")
         elif event_time <= 0:
             v.add("event_time", "must be after 1970-01-01")
-    if scm_commit_time is not None and scm_commit_time > now + FUTURE_TOLERANCE_US:
-        v.add("scm_commit_time", "must not be more than 5 minutes in the future")
+    if scm_commit_time is not None:
+        if scm_commit_time > now + FUTURE_TOLERANCE_US:
+            v.add("scm_commit_time", "must not be more than 5 minutes in the future")
+        elif scm_commit_time <= 0:
+            v.add("scm_commit_time", "must be after 1970-01-01")
     event_id = _identifier(v, "event_id", event_id)
     deployment_id = _identifier(v, "deployment_id", deployment_id)
     v.raise_any()
