@@ -52,6 +52,11 @@ _BACKOFF_CAP = 5.0
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", int(_BACKOFF_BASE * 1000)),
     ("grpc.max_reconnect_backoff_ms", int(_BACKOFF_CAP * 1000)),
+    # Keepalive that the server accepts (it allows pings every 10 s or more), so a
+    # long watch stream notices a dead connection instead of hanging on it.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
 )
 
 Pem = bytes | str | PathLike[str]
