@@ -21,6 +21,7 @@ const TIMEOUT = 120_000;
  * "serving" log line. Pass `listen` and `dir` again to restart the same server.
  */
 async function startServer({ listen = '127.0.0.1:0', dir } = {}) {
+  const ownDir = !dir;
   dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'versioner-node-'));
   const args = [
     '-m', 'versioner_grpc',
@@ -32,7 +33,13 @@ async function startServer({ listen = '127.0.0.1:0', dir } = {}) {
   const log = [];
 
   const serving = await new Promise((resolve, reject) => {
-    const fail = (why) => reject(new Error(`${why}\n$ ${PYTHON} ${args.join(' ')}\n${log.join('\n')}`));
+    let settled = false;
+    const fail = (why) => {
+      if (settled) return; // a later exit is a stop(), not a failed start
+      settled = true;
+      if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
+      reject(new Error(`${why}\n$ ${PYTHON} ${args.join(' ')}\n${log.join('\n')}`));
+    };
     const timer = setTimeout(() => { child.kill('SIGKILL'); fail('server did not log "serving" in 60 s'); }, 60_000);
     let buffered = '';
     child.stderr.setEncoding('utf8');
@@ -44,7 +51,7 @@ async function startServer({ listen = '127.0.0.1:0', dir } = {}) {
         log.push(line);
         let record;
         try { record = JSON.parse(line); } catch { continue; }
-        if (record?.event === 'serving') { clearTimeout(timer); resolve(record); }
+        if (record?.event === 'serving' && !settled) { settled = true; clearTimeout(timer); resolve(record); }
       }
     });
     child.once('error', (err) => { clearTimeout(timer); fail(`cannot start the server: ${err.message}`); });
