@@ -34,6 +34,7 @@ class Config:
     max_message_bytes: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 16 * 1024
     keepalive_seconds: float = 60.0
+    skip_metric_projection: bool = False
 
 
 HELP = {
@@ -61,6 +62,8 @@ HELP = {
     "max_metadata_bytes": "largest request metadata (headers) accepted",
     "keepalive_seconds": "ping idle connections this often to detect dead peers (clients may "
     "ping no more often than every 10 s)",
+    "skip_metric_projection": "benchmarking only: do not maintain the deployment-metric "
+    "tables (events recorded meanwhile are missing from the metrics for good)",
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",

@@ -95,6 +95,7 @@ class Server:
             config.database_url,
             sqlite_synchronous=config.sqlite_synchronous,
             readers=config.read_threads,
+            project_metrics=not config.skip_metric_projection,
         )
         self.registry = CollectorRegistry()
         self.registry.register(DeploymentCollector(self.store.database))

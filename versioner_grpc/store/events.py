@@ -31,7 +31,9 @@ from versioner_grpc.store.codec import (
 from versioner_grpc.store.schema import Models
 
 
-def apply_event(m: Models, inp: EventInput, now: int, revision: int) -> RecordResult:
+def apply_event(
+    m: Models, inp: EventInput, now: int, revision: int, *, project_metrics: bool = True
+) -> RecordResult:
     """Apply `inp`; a stored (non-duplicate) result carries `revision`."""
     replay = _replay(m, inp)
     if replay is not None:
@@ -78,7 +80,8 @@ def apply_event(m: Models, inp: EventInput, now: int, revision: int) -> RecordRe
             (m.VersionBinding.product == inp.product) & (m.VersionBinding.version == inp.version)
         ).execute()
     _update_current_state(m, before, after, action)
-    projection.apply(m, before, after)
+    if project_metrics:
+        projection.apply(m, before, after)
     m.Event.insert(
         revision=revision,
         event_id=inp.event_id,

@@ -22,11 +22,20 @@ T = TypeVar("T")
 class Store:
     """One database, its reader threads and its writer thread."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL", readers: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+        readers: int = 4,
+        project_metrics: bool = True,
+    ) -> None:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
-        self.writer = Writer(self.database, on_commit=self._committed)
+        self.writer = Writer(
+            self.database, on_commit=self._committed, project_metrics=project_metrics
+        )
 
     def open(self) -> list[int]:
         """Migrate the schema and start the writer; return the migrations applied."""

@@ -45,8 +45,10 @@ class Writer:
         database: Database,
         on_commit: Callable[[list[StoredEvent]], None] = lambda events: None,
         max_batch: int = 256,
+        project_metrics: bool = True,
     ) -> None:
         self.database = database
+        self.project_metrics = project_metrics
         self.on_commit = on_commit
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -102,7 +104,13 @@ class Writer:
                 for request in batch:
                     try:
                         with db.db.atomic():  # a savepoint per event
-                            result = apply_event(db.models, request.event, now, revision)
+                            result = apply_event(
+                                db.models,
+                                request.event,
+                                now,
+                                revision,
+                                project_metrics=self.project_metrics,
+                            )
                     except VersionerError as exc:
                         outcomes.append(exc)
                         continue
