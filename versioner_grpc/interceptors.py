@@ -20,7 +20,7 @@ from versioner_grpc.auth import TokenFile, principal_name
 from versioner_grpc.domain.errors import VersionerError, invalid
 from versioner_grpc.errors_grpc import to_status
 from versioner_grpc.logs import fields
-from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
+from versioner_grpc.metrics.grpc_metrics import GrpcMetrics, go_code
 
 log = logging.getLogger("versioner.rpc")
 
@@ -76,7 +76,7 @@ class _Call:
             self.code = context.code() or grpc.StatusCode.OK
         elapsed = time.perf_counter() - self.start
         if self.metrics:
-            self.metrics.handled.labels(*self.labels, self.code.name).inc()
+            self.metrics.handled.labels(*self.labels, go_code(self.code)).inc()
             self.metrics.handling_seconds.labels(*self.labels).observe(elapsed)
         log.info(
             "rpc",

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
@@ -23,6 +23,7 @@ from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentCollector
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
+from versioner_grpc.metrics.http import MetricsServer
 from versioner_grpc.service import DeploymentService
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
@@ -100,6 +101,7 @@ class Server:
             readers=config.read_threads,
             project_metrics=not config.skip_metric_projection,
         )
+        disable_created_metrics()  # go-grpc-prometheus has no *_created series
         self.registry = CollectorRegistry()
         self.registry.register(DeploymentCollector(self.store.database))
         self.health = HealthServicer()
@@ -107,7 +109,7 @@ class Server:
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
-        self._metrics_http = None
+        self._metrics_http: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watch: WatchHub | None = None
 
@@ -154,9 +156,9 @@ class Server:
         await server.start()
         self._grpc = server
         if self.config.metrics_listen.lower() != "off":
-            mhost, _, mport = self.config.metrics_listen.rpartition(":")
-            self._metrics_http, _ = start_http_server(int(mport), mhost, registry=self.registry)
-            self.metrics_port = self._metrics_http.server_address[1]
+            mhost = self.config.metrics_listen.rpartition(":")[0]
+            self._metrics_http = MetricsServer(self.config.metrics_listen, self.registry)
+            self.metrics_port = self._metrics_http.port
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
         if self.config.event_retention_days > 0:
@@ -229,8 +231,7 @@ class Server:
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+            self._metrics_http.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.close)
         log.info("stopped", extra=fields(event="stopped"))

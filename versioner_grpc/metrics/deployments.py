@@ -98,9 +98,9 @@ class DeploymentCollector(Collector):
         C, B, S, D = m.MetricCounter, m.MetricBucket, m.CurrentState, m.Deployment
         with self.database.db.atomic():
             counters = list(
-                C.select(C.product, C.environment, C.metric, C.status, C.count, C.sum, C.last)
-                .where(C.metric.not_in([projection.LAST_COMPLETED, projection.FAILING_SINCE]))
-                .tuples()
+                C.select(
+                    C.product, C.environment, C.metric, C.status, C.count, C.sum, C.last
+                ).tuples()
             )
             buckets = list(
                 B.select(B.product, B.environment, B.metric, B.status, B.bucket, B.count).tuples()

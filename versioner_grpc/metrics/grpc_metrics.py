@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+def go_code(code: grpc.StatusCode) -> str:
+    """The status code as go-grpc-prometheus spells it: INVALID_ARGUMENT → InvalidArgument."""
+    if code == grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    if code == grpc.StatusCode.OK:
+        return "OK"
+    return "".join(word.capitalize() for word in code.name.split("_"))
 
 
 class GrpcMetrics:

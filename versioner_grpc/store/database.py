@@ -12,6 +12,7 @@ import peewee as pw
 
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.store.schema import Models, define_models, migrate
+from versioner_grpc.store.sql import Sql
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +33,7 @@ class Database:
         self.is_postgres = isinstance(self.db, pw.PostgresqlDatabase)
         self.connection_errors = CONNECTION_ERRORS
         self.models: Models = define_models(self.db)
+        self.sql = Sql(self.db)
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema; safe when several replicas start at once."""

@@ -3,7 +3,7 @@
 Everything an event changes is written here, together: the deployment, the
 event row (with its revision), the version binding, the current-state row and
 the metric projection. The caller commits; a rule violation raises before
-anything is written.
+anything is written. Fixed SQL (see sql.py): this runs for every event.
 """
 
 from __future__ import annotations
@@ -23,24 +23,48 @@ from versioner_grpc.domain.model import (
 )
 from versioner_grpc.store import projection
 from versioner_grpc.store.codec import (
-    deployment_fields,
-    deployment_from_row,
     deployment_from_snapshot,
+    deployment_from_tuple,
+    deployment_tuple,
     snapshot,
 )
-from versioner_grpc.store.schema import Models
+from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, Sql
+
+_OPEN = (int(Status.PENDING), int(Status.STARTED))
+_INSERT_DEPLOYMENT = (
+    f"INSERT INTO deployment ({DEPLOYMENT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_DEPLOYMENT = (
+    "UPDATE deployment SET status = ?, deployed_by = ?, scm_branch = ?, scm_sha = ?, "
+    "build_url = ?, metadata = ?, update_time = ?, start_time = ?, end_time = ?, "
+    "previous_version = ?, is_rollback = ?, scm_commit_time = ? WHERE id = ?"
+)
+
+
+@dataclasses.dataclass
+class PlaceState:
+    """The current_state row of one (product, environment), as read before the event."""
+
+    exists: bool
+    current_id: str | None = None
+    current_end_time: int | None = None
+    latest_id: str = ""
+    latest_create_time: int = 0
+    in_progress: int = 0
+    last_completed_end: int = 0
+    failing_since: int = 0
 
 
 def apply_event(
-    m: Models, inp: EventInput, now: int, revision: int, *, project_metrics: bool = True
+    sql: Sql, inp: EventInput, now: int, revision: int, *, project_metrics: bool = True
 ) -> RecordResult:
     """Apply `inp`; a stored (non-duplicate) result carries `revision`."""
-    replay = _replay(m, inp)
+    replay = _replay(sql, inp)
     if replay is not None:
         return replay
-    binding = _check_version_binding(m, inp)
-    row = _matching_row(m, inp)
-    before = deployment_from_row(row) if row is not None else None
+    binding = _check_version_binding(sql, inp)
+    before = _matching(sql, inp)
     action = decide(
         before.status if before else None,
         inp.status,
@@ -49,51 +73,41 @@ def apply_event(
     if action is Action.DUPLICATE:
         assert before is not None
         if inp.event_id_given:
-            m.IgnoredEvent.create(
-                event_id=inp.event_id,
-                deployment_id=before.id,
-                product=inp.product,
-                version=inp.version,
-                environment=inp.environment,
-                status=int(inp.status),
-                event_time=inp.event_time,
-                record_time=now,
-            )
+            sql.run(
+                "INSERT INTO ignored_event (event_id, deployment_id, product, version, "
+                "environment, status, event_time, record_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (inp.event_id, before.id, inp.product, inp.version, inp.environment,
+                 int(inp.status), inp.event_time, now),
+            )  # fmt: skip
         return RecordResult(_unstored(inp, now, before), duplicate=True)
 
     after = _next_state(before, inp, action, now)
     if after.status == Status.COMPLETED and action is not Action.FILL_START:
-        _set_previous_and_rollback(m, after)
-
+        _set_previous_and_rollback(sql, after)
+    values = deployment_tuple(after)
     if before is None:
-        m.Deployment.insert(**deployment_fields(after)).execute()
+        sql.run(_INSERT_DEPLOYMENT, values)
     else:
-        fields = deployment_fields(after)
-        del fields["id"]
-        m.Deployment.update(**fields).where(m.Deployment.id == after.id).execute()
+        sql.run(_UPDATE_DEPLOYMENT, (*values[5:11], *values[12:], after.id))
     if binding == "bind":
-        m.VersionBinding.insert(
-            product=inp.product, version=inp.version, scm_sha=inp.scm_sha
-        ).execute()
+        sql.run(
+            "INSERT INTO version_binding (product, version, scm_sha) VALUES (?, ?, ?)",
+            (inp.product, inp.version, inp.scm_sha),
+        )
     elif binding == "fill":
-        m.VersionBinding.update(scm_sha=inp.scm_sha).where(
-            (m.VersionBinding.product == inp.product) & (m.VersionBinding.version == inp.version)
-        ).execute()
-    _update_current_state(m, before, after, action)
-    if project_metrics:
-        projection.apply(m, before, after)
-    m.Event.insert(
-        revision=revision,
-        event_id=inp.event_id,
-        deployment_id=after.id,
-        product=after.product,
-        environment=after.environment,
-        status=int(inp.status),
-        event_time=inp.event_time,
-        record_time=now,
-        snapshot=snapshot(after),
-        recorded_by=inp.recorded_by,
-    ).execute()
+        sql.run(
+            "UPDATE version_binding SET scm_sha = ? WHERE product = ? AND version = ?",
+            (inp.scm_sha, inp.product, inp.version),
+        )
+    place = _place(sql, after)
+    changes = projection.apply(sql, place, before, after) if project_metrics else {}
+    _update_current_state(sql, place, before, after, action, changes)
+    sql.run(
+        "INSERT INTO event (revision, event_id, deployment_id, product, environment, status, "
+        "event_time, record_time, snapshot, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (revision, inp.event_id, after.id, after.product, after.environment, int(inp.status),
+         inp.event_time, now, snapshot(after), inp.recorded_by),
+    )  # fmt: skip
     event = StoredEvent(
         revision, inp.event_id, inp.status, inp.event_time, now, after, inp.recorded_by
     )
@@ -104,38 +118,38 @@ def _unstored(inp: EventInput, now: int, deployment: Deployment) -> StoredEvent:
     return StoredEvent(0, inp.event_id, inp.status, inp.event_time, now, deployment)
 
 
-def _replay(m: Models, inp: EventInput) -> RecordResult | None:
+def _replay(sql: Sql, inp: EventInput) -> RecordResult | None:
     """An event_id seen before returns its original result and writes nothing."""
     if not inp.event_id_given:
         return None
-    row = m.Event.get_or_none(m.Event.event_id == inp.event_id)
+    row = sql.row(
+        "SELECT revision, status, event_time, record_time, snapshot, recorded_by "
+        "FROM event WHERE event_id = ?",
+        (inp.event_id,),
+    )
     if row is not None:
-        stored = deployment_from_snapshot(row.snapshot)
-        _same_request(inp, stored.product, stored.version, stored.environment, row.status)
+        revision, status, event_time, record_time, snap, recorded_by = row
+        stored = deployment_from_snapshot(snap)
+        _same_request(inp, stored.product, stored.version, stored.environment, status)
         event = StoredEvent(
-            row.revision,
-            row.event_id,
-            Status(row.status),
-            row.event_time,
-            row.record_time,
-            stored,
-            row.recorded_by,
+            revision, inp.event_id, Status(status), event_time, record_time, stored, recorded_by
         )
         return RecordResult(event, duplicate=True)
-    ignored = m.IgnoredEvent.get_or_none(m.IgnoredEvent.event_id == inp.event_id)
-    if ignored is not None:
-        _same_request(inp, ignored.product, ignored.version, ignored.environment, ignored.status)
-        current = deployment_from_row(m.Deployment.get_by_id(ignored.deployment_id))
-        event = StoredEvent(
-            0,
-            ignored.event_id,
-            Status(ignored.status),
-            ignored.event_time,
-            ignored.record_time,
-            current,
-        )
-        return RecordResult(event, duplicate=True)
-    return None
+    row = sql.row(
+        "SELECT deployment_id, product, version, environment, status, event_time, record_time "
+        "FROM ignored_event WHERE event_id = ?",
+        (inp.event_id,),
+    )
+    if row is None:
+        return None
+    deployment_id, product, version, environment, status, event_time, record_time = row
+    _same_request(inp, product, version, environment, status)
+    current = sql.row(f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment WHERE id = ?", (deployment_id,))
+    assert current is not None
+    event = StoredEvent(
+        0, inp.event_id, Status(status), event_time, record_time, deployment_from_tuple(current)
+    )
+    return RecordResult(event, duplicate=True)
 
 
 def _same_request(inp: EventInput, product: str, version: str, env: str, status: int) -> None:
@@ -153,53 +167,54 @@ def _same_request(inp: EventInput, product: str, version: str, env: str, status:
         )
 
 
-def _check_version_binding(m: Models, inp: EventInput) -> str:
+def _check_version_binding(sql: Sql, inp: EventInput) -> str:
     """Enforce version immutability; say what to write: "bind", "fill" or ""."""
-    row = m.VersionBinding.get_or_none(
-        (m.VersionBinding.product == inp.product) & (m.VersionBinding.version == inp.version)
+    row = sql.row(
+        "SELECT scm_sha FROM version_binding WHERE product = ? AND version = ?",
+        (inp.product, inp.version),
     )
     if row is None:
         return "bind"
+    bound = row[0]
     if not inp.scm_sha:
         return ""
-    if not row.scm_sha:
+    if not bound:
         return "fill"
-    if row.scm_sha != inp.scm_sha:
+    if bound != inp.scm_sha:
         raise FailedPrecondition(
             "VERSION_SHA_MISMATCH",
-            f"{inp.product} {inp.version} is bound to scm_sha {row.scm_sha}, not {inp.scm_sha}",
-            {"product_name": inp.product, "version": inp.version, "bound_scm_sha": row.scm_sha},
+            f"{inp.product} {inp.version} is bound to scm_sha {bound}, not {inp.scm_sha}",
+            {"product_name": inp.product, "version": inp.version, "bound_scm_sha": bound},
         )
     return ""
 
 
-def _matching_row(m: Models, inp: EventInput):
-    D = m.Deployment
+def _matching(sql: Sql, inp: EventInput) -> Deployment | None:
     if inp.deployment_id:
-        row = D.get_or_none(D.id == inp.deployment_id)
-        if row is not None and (row.product, row.version, row.environment) != (
+        row = sql.row(
+            f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment WHERE id = ?", (inp.deployment_id,)
+        )
+        if row is None:
+            return None
+        found = deployment_from_tuple(row)
+        if (found.product, found.version, found.environment) != (
             inp.product,
             inp.version,
             inp.environment,
         ):
             raise FailedPrecondition(
                 "DEPLOYMENT_MISMATCH",
-                f"deployment {inp.deployment_id} is {row.product} {row.version} "
-                f"in {row.environment}",
+                f"deployment {inp.deployment_id} is {found.product} {found.version} "
+                f"in {found.environment}",
                 {"deployment_id": inp.deployment_id},
             )
-        return row
-    return (
-        D.select()
-        .where(
-            (D.product == inp.product)
-            & (D.environment == inp.environment)
-            & (D.version == inp.version)
-            & (D.status << [int(Status.PENDING), int(Status.STARTED)])
-        )
-        .order_by(D.create_time.desc(), D.id.desc())
-        .first()
+        return found
+    row = sql.row(
+        f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment WHERE product = ? AND environment = ? "
+        "AND version = ? AND status IN (?, ?) ORDER BY create_time DESC, id DESC LIMIT 1",
+        (inp.product, inp.environment, inp.version, *_OPEN),
     )
+    return deployment_from_tuple(row) if row else None
 
 
 def _next_state(before: Deployment | None, inp: EventInput, action: Action, now: int) -> Deployment:
@@ -234,54 +249,67 @@ def _next_state(before: Deployment | None, inp: EventInput, action: Action, now:
     return after
 
 
-def _set_previous_and_rollback(m: Models, after: Deployment) -> None:
+def _set_previous_and_rollback(sql: Sql, after: Deployment) -> None:
     """previous_version: what was current just before this completed; rollback if older."""
-    D = m.Deployment
-    same_place = (
-        (D.product == after.product)
-        & (D.environment == after.environment)
-        & (D.status == int(Status.COMPLETED))
-        & (D.end_time <= after.end_time)
-        & (D.id != after.id)
+    place = (after.product, after.environment, int(Status.COMPLETED), after.end_time, after.id)
+    prev = sql.row(
+        "SELECT version FROM deployment WHERE product = ? AND environment = ? AND status = ? "
+        "AND end_time <= ? AND id <> ? ORDER BY end_time DESC, id DESC LIMIT 1",
+        place,
     )
-    prev = D.select(D.version).where(same_place).order_by(D.end_time.desc(), D.id.desc()).first()
-    after.previous_version = prev.version if prev else ""
+    after.previous_version = prev[0] if prev else ""
     after.is_rollback = bool(
         prev
-        and prev.version != after.version
-        and D.select(D.id).where(same_place & (D.version == after.version)).exists()
+        and prev[0] != after.version
+        and sql.row(
+            "SELECT 1 FROM deployment WHERE product = ? AND environment = ? AND status = ? "
+            "AND end_time <= ? AND id <> ? AND version = ? LIMIT 1",
+            (*place, after.version),
+        )
     )
+
+
+def _place(sql: Sql, after: Deployment) -> PlaceState:
+    row = sql.row(
+        "SELECT current_id, current_end_time, latest_id, latest_create_time, in_progress, "
+        "last_completed_end, failing_since FROM current_state "
+        "WHERE product = ? AND environment = ?",
+        (after.product, after.environment),
+    )
+    return PlaceState(True, *row) if row else PlaceState(False)
 
 
 def _update_current_state(
-    m: Models, before: Deployment | None, after: Deployment, action: Action
+    sql: Sql,
+    place: PlaceState,
+    before: Deployment | None,
+    after: Deployment,
+    action: Action,
+    changes: dict[str, int],
 ) -> None:
-    C = m.CurrentState
-    key = (C.product == after.product) & (C.environment == after.environment)
-    row = C.get_or_none(key)
+    """Keep current (last completed by end time), latest, in-progress and projection state."""
+    if before is None and (not place.exists or after.create_time >= place.latest_create_time):
+        changes.update(latest_id=after.id, latest_create_time=after.create_time)
+    is_current = after.status == Status.COMPLETED and action is not Action.FILL_START
+    if is_current and (place.current_end_time is None or after.end_time >= place.current_end_time):
+        changes.update(current_id=after.id, current_end_time=after.end_time)
     became_open = after.status.is_open and (before is None or not before.status.is_open)
     closed = before is not None and before.status.is_open and not after.status.is_open
-    is_current = after.status == Status.COMPLETED and action is not Action.FILL_START
-    if row is None:
-        C.insert(
-            product=after.product,
-            environment=after.environment,
-            environment_type=int(after.environment_type),
-            current_id=after.id if is_current else None,
-            current_end_time=after.end_time if is_current else None,
-            latest_id=after.id,
-            latest_create_time=after.create_time,
-            in_progress=1 if became_open else 0,
-        ).execute()
-        return
-    changes: dict = {}
-    if before is None and after.create_time >= row.latest_create_time:
-        changes.update(latest_id=after.id, latest_create_time=after.create_time)
-    if is_current and (row.current_end_time is None or after.end_time >= row.current_end_time):
-        changes.update(current_id=after.id, current_end_time=after.end_time)
-    if became_open:
-        changes["in_progress"] = C.in_progress + 1
-    elif closed:
-        changes["in_progress"] = C.in_progress - 1
-    if changes:
-        C.update(**changes).where(key).execute()
+    if became_open or closed:
+        changes["in_progress"] = place.in_progress + (1 if became_open else -1)
+    if not place.exists:
+        state = dataclasses.replace(place, **changes)
+        sql.run(
+            "INSERT INTO current_state (product, environment, environment_type, current_id, "
+            "current_end_time, latest_id, latest_create_time, in_progress, last_completed_end, "
+            "failing_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (after.product, after.environment, int(after.environment_type), state.current_id,
+             state.current_end_time, state.latest_id, state.latest_create_time,
+             state.in_progress, state.last_completed_end, state.failing_since),
+        )  # fmt: skip
+    elif changes:
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        sql.run(
+            f"UPDATE current_state SET {assignments} WHERE product = ? AND environment = ?",
+            (*changes.values(), after.product, after.environment),
+        )

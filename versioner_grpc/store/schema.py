@@ -135,6 +135,9 @@ def define_models(database: pw.Database) -> Models:
         latest_id = pw.CharField(max_length=128)
         latest_create_time = pw.BigIntegerField()
         in_progress = pw.IntegerField(default=0)
+        # Metric projection state: newest completion, first failure since then.
+        last_completed_end = pw.BigIntegerField(default=0)
+        failing_since = pw.BigIntegerField(default=0)
 
         class Meta:
             primary_key = pw.CompositeKey("product", "environment")

@@ -13,7 +13,7 @@ from versioner_grpc.domain.model import EnvironmentState, EventInput, RecordResu
 from versioner_grpc.domain.validation import Filters
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
-from versioner_grpc.store.schema import Models
+from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
 
 T = TypeVar("T")
@@ -60,15 +60,15 @@ class Store:
     async def record(self, event: EventInput) -> RecordResult:
         return await self.writer.record(event)
 
-    async def read(self, question: Callable[[Models], T]) -> T:
+    async def read(self, question: Callable[[Sql], T]) -> T:
         """Answer `question` on a reader thread, inside one consistent snapshot."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._read_sync, question)
 
-    def _read_sync(self, question: Callable[[Models], T]) -> T:
+    def _read_sync(self, question: Callable[[Sql], T]) -> T:
         def run() -> T:
             with self._snapshot():
-                return question(self.database.models)
+                return question(self.database.sql)
 
         return self.database.call(run)
 
@@ -90,7 +90,7 @@ class Store:
     async def history(
         self, filters: Filters, after: reads.PageKey | None, limit: int
     ) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
-        def question(m: Models) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
+        def question(m: Sql) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
             page, next_key = reads.history_page(m, filters, after, limit)
             return page, next_key, reads.head_revision(m)
 
@@ -116,7 +116,7 @@ class Store:
             m = self.database.models
             with self.database.write_transaction():
                 self.database.lock_appends()
-                head = reads.head_revision(m)
+                head = reads.head_revision(self.database.sql)
                 deleted = (
                     m.Event.delete()
                     .where((m.Event.record_time < older_than) & (m.Event.revision < head))

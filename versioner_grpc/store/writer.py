@@ -100,12 +100,12 @@ class Writer:
             now = now_us()
             with db.write_transaction():
                 db.lock_appends()
-                revision = head_revision(db.models) + 1
+                revision = head_revision(db.sql) + 1
                 for request in batch:
                     try:
                         with db.db.atomic():  # a savepoint per event
                             result = apply_event(
-                                db.models,
+                                db.sql,
                                 request.event,
                                 now,
                                 revision,

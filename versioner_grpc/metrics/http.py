@@ -1,0 +1,46 @@
+"""The /metrics HTTP endpoint, on a thread of its own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _Server6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """Serves `registry` at host:port/metrics. Unlike prometheus_client's
+    start_http_server it stops promptly (a short poll), which keeps restarts and
+    tests fast.
+    """
+
+    def __init__(self, address: str, registry: CollectorRegistry) -> None:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        server_class = _Server6 if ":" in host else ThreadingWSGIServer
+        self.httpd = make_server(
+            host, int(port), make_wsgi_app(registry), server_class, handler_class=_Quiet
+        )
+        self.port: int = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="versioner-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
