@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from versioner.v1 import deployment_service_pb2 as pb
 
 from versioner_grpc.domain.errors import invalid
@@ -39,34 +39,40 @@ def metadata_dict(struct: struct_pb2.Struct) -> dict:
         raise invalid("extra_metadata", "numbers must be finite (no NaN or infinity)") from exc
 
 
+def _time(us: int) -> dict[str, int]:
+    """A Timestamp or Duration as constructor keywords (cheaper than building one)."""
+    seconds, micros = divmod(us, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
+
+
 def deployment(d: Deployment) -> pb.Deployment:
-    msg = pb.Deployment(
-        id=d.id,
-        product_name=d.product,
-        version=d.version,
-        environment_name=d.environment,
-        environment_type=int(d.environment_type),
-        status=int(d.status),
-        deployed_by=d.deployed_by,
-        scm_branch=d.scm_branch,
-        scm_sha=d.scm_sha,
-        build_url=d.build_url,
-        create_time=timestamp(d.create_time),
-        update_time=timestamp(d.update_time),
-        previous_version=d.previous_version,
-        is_rollback=d.is_rollback,
-    )
+    fields: dict = {
+        "id": d.id,
+        "product_name": d.product,
+        "version": d.version,
+        "environment_name": d.environment,
+        "environment_type": int(d.environment_type),
+        "status": int(d.status),
+        "deployed_by": d.deployed_by,
+        "scm_branch": d.scm_branch,
+        "scm_sha": d.scm_sha,
+        "build_url": d.build_url,
+        "create_time": _time(d.create_time),
+        "update_time": _time(d.update_time),
+        "previous_version": d.previous_version,
+        "is_rollback": d.is_rollback,
+    }
+    if d.start_time is not None:
+        fields["start_time"] = _time(d.start_time)
+    if d.end_time is not None:
+        fields["end_time"] = _time(d.end_time)
+    if d.duration is not None:
+        fields["duration"] = _time(d.duration)
+    if d.scm_commit_time is not None:
+        fields["scm_commit_time"] = _time(d.scm_commit_time)
+    msg = pb.Deployment(**fields)
     if d.metadata:
         msg.extra_metadata.update(d.metadata)
-    if d.start_time is not None:
-        msg.start_time.CopyFrom(timestamp(d.start_time))
-    if d.end_time is not None:
-        msg.end_time.CopyFrom(timestamp(d.end_time))
-    if d.duration is not None:
-        seconds, micros = divmod(d.duration, 1_000_000)
-        msg.duration.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=micros * 1000))
-    if d.scm_commit_time is not None:
-        msg.scm_commit_time.CopyFrom(timestamp(d.scm_commit_time))
     return msg
 
 
