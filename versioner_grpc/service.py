@@ -6,6 +6,7 @@ and store.events, error mapping in the interceptor.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,11 +16,13 @@ from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 from versioner_grpc import convert, pagetoken
 from versioner_grpc.auth import principal_name
 from versioner_grpc.domain.errors import invalid
+from versioner_grpc.domain.model import StoredEvent
 from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
 
+ENCODING_CACHE = 4096  # recent events' encoded watch messages
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -30,6 +33,7 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
     def __init__(self, store: Store, watch: WatchHub | None = None) -> None:
         self.store = store
         self.watch = watch
+        self._encodings: OrderedDict[int, bytes] = OrderedDict()
 
     async def RecordEvent(
         self, request: pb.RecordEventRequest, context: grpc.aio.ServicerContext
@@ -82,7 +86,7 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
 
     async def WatchDeployments(
         self, request: pb.WatchDeploymentsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchDeploymentsResponse]:
+    ) -> AsyncIterator[pb.WatchDeploymentsResponse | bytes]:
         filters = validate_filters(
             product=request.product_name,
             environment=request.environment_name,
@@ -97,7 +101,24 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             if isinstance(item, int):
                 yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())
             else:
-                yield pb.WatchDeploymentsResponse(revision=item.revision, event=convert.event(item))
+                yield self._encoded(item)
+
+    def _encoded(self, event: StoredEvent) -> bytes:
+        """The event's WatchDeploymentsResponse, encoded once for every watcher.
+
+        The interceptor passes bytes through unserialized, so fanning an event out
+        to a thousand streams costs one conversion, not a thousand.
+        """
+        cached = self._encodings.get(event.revision)
+        if cached is None:
+            message = pb.WatchDeploymentsResponse(
+                revision=event.revision, event=convert.event(event)
+            )
+            cached = message.SerializeToString()
+            self._encodings[event.revision] = cached
+            if len(self._encodings) > ENCODING_CACHE:
+                self._encodings.popitem(last=False)
+        return cached
 
 
 def _filters(request: pb.ListHistoryRequest) -> Filters:
