@@ -138,37 +138,27 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     call.finish(context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
+        if handler.unary_stream or handler.stream_stream:
+            streaming = handler.unary_stream is not None
+            inner_stream = handler.unary_stream or handler.stream_stream
+            grpc_type = "server_stream" if streaming else "bidi_stream"
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, "server_stream", metrics, context)
-                call.received()
-                try:
-                    authorize(call, context)
-                    async for response in _responses(inner_us(parse(request), context)):
-                        call.sent()
-                        yield response
-                except BaseException as exc:
-                    await call.fail(exc, context)
-                finally:
-                    call.finish(context)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, "bidi_stream", metrics, context)
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(
+                    method, "server_stream" if streaming else "bidi_stream", metrics, context
+                )
 
                 async def counted() -> AsyncIterator[Any]:
-                    async for request in requests:
+                    async for message in request:
                         call.received()
-                        yield parse(request)
+                        yield parse(message)
 
+                if streaming:
+                    call.received()
                 try:
                     authorize(call, context)
-                    async for response in _responses(inner_ss(counted(), context)):
+                    arg = parse(request) if streaming else counted()
+                    async for response in _responses(inner_stream(arg, context)):
                         call.sent()
                         yield response
                 except BaseException as exc:
@@ -176,7 +166,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     call.finish(context)
 
-            return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+            if streaming:
+                return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+            return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
         return handler  # client streaming: none in this server
 
 
