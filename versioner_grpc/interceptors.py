@@ -144,9 +144,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             grpc_type = "server_stream" if streaming else "bidi_stream"
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(
-                    method, "server_stream" if streaming else "bidi_stream", metrics, context
-                )
+                call = _Call(method, grpc_type, metrics, context)
 
                 async def counted() -> AsyncIterator[Any]:
                     async for message in request:
