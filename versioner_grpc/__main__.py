@@ -1,3 +1,3 @@
-from versioner_grpc.cli import main
+from versioner_grpc.server_cli import main
 
 raise SystemExit(main())

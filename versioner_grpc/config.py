@@ -88,7 +88,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
-                action="store_true",
+                action=argparse.BooleanOptionalAction,
                 default=truthy,
                 help=f"{HELP[f.name]} [{var}=true]",
             )

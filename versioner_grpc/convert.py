@@ -1,4 +1,4 @@
-"""Protobuf ↔ domain values. The only module that knows both."""
+"""Protobuf ↔ domain values: deployments, events, states, times, metadata."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """DeploymentService: adapts protobuf requests to the domain and the store.
 
 Thin on purpose: validation lives in domain.validation, rules in domain.lifecycle
-and store.events, error mapping in the interceptor.
+and store.events, message conversion in convert, and error mapping in
+errors_grpc (applied by the interceptor).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MAX_PAGE_SIZE = 1000
 class DeploymentService(pb_grpc.DeploymentServiceServicer):
     """The versioner.v1.DeploymentService servicer."""
 
-    def __init__(self, store: Store, watch: WatchHub | None = None) -> None:
+    def __init__(self, store: Store, watch: WatchHub) -> None:
         self.store = store
         self.watch = watch
         self._encodings: OrderedDict[int, bytes] = OrderedDict()
@@ -95,8 +96,6 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         after = request.after_revision if request.HasField("after_revision") else None
         if after is not None and after < 0:
             raise invalid("after_revision", "must not be negative")
-        if self.watch is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watching is not enabled")
         async for item in self.watch.stream(filters, after):
             if isinstance(item, int):
                 yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import select
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from versioner_grpc.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
@@ -68,7 +68,6 @@ class WatchHub:
         self.buffer = buffer
         self.poll_interval = poll_interval
         self.head = 0
-        self.delivered = 0
         self._watchers: set[_Watcher] = set()
         self._signals: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -89,7 +88,7 @@ class WatchHub:
             asyncio.create_task(self._poll(), name="watch-poll"),
         ]
         if self.store.database.is_postgres:
-            self._listener = _PostgresListener(self.store.database.url, self.poke, self._loop)
+            self._listener = _PostgresListener(self.store.database.url, self.poke)
             self._listener.start()
 
     async def close(self) -> None:
@@ -158,7 +157,6 @@ class WatchHub:
                     watcher.overflowed = True
                     watcher.wake.set()
             self.head = event.revision
-            self.delivered += 1
 
     # Streams -----------------------------------------------------------------
 
@@ -224,7 +222,7 @@ class WatchHub:
 class _PostgresListener:
     """LISTEN versioner_events on a connection of its own; pokes the hub on NOTIFY."""
 
-    def __init__(self, url: str, poke, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, url: str, poke: Callable[[], None]) -> None:
         self.url = url
         self.poke = poke
         self._stop = threading.Event()

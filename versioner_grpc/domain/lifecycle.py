@@ -1,4 +1,14 @@
-"""The lifecycle table of DESIGN.md section 1, as one pure function."""
+"""The lifecycle table (docs/DESIGN.md section 1), as one pure function.
+
+    event ↓ / matching deployment →   none open   open PENDING   open STARTED
+    PENDING                           new         duplicate      duplicate (no regress)
+    STARTED                           new         → STARTED      duplicate
+    COMPLETED / FAILED / ABORTED      new         → that state   → that state
+
+A deployment that has ended is matched only by deployment_id: the same terminal
+status again is a duplicate, another one is INVALID_TRANSITION, and a late
+PENDING or STARTED only fills in a missing start_time.
+"""
 
 from __future__ import annotations
 

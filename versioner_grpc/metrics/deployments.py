@@ -126,7 +126,8 @@ class DeploymentCollector(Collector):
         )
         rollbacks = CounterMetricFamily(
             "versioner_rollbacks",
-            "Completed deployments of a version that had completed there before.",
+            "Completed deployments of an earlier version than the one running: a version that "
+            "had completed there before, other than the current one.",
             labels=["product", "environment"],
         )
         in_progress = GaugeMetricFamily(

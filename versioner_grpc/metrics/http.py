@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -19,6 +20,18 @@ class _Server6(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
+def _only_metrics(app: Callable) -> Callable:
+    """/metrics (and / for a quick look in a browser); 404 for anything else."""
+
+    def route(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "/") in ("/metrics", "/"):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: metrics are at /metrics\n"]
+
+    return route
+
+
 class MetricsServer:
     """Serves `registry` at host:port/metrics. Unlike prometheus_client's
     start_http_server it stops promptly (a short poll), which keeps restarts and
@@ -30,7 +43,11 @@ class MetricsServer:
         host = host.strip("[]") or "127.0.0.1"
         server_class = _Server6 if ":" in host else ThreadingWSGIServer
         self.httpd = make_server(
-            host, int(port), make_wsgi_app(registry), server_class, handler_class=_Quiet
+            host,
+            int(port),
+            _only_metrics(make_wsgi_app(registry)),
+            server_class,
+            handler_class=_Quiet,
         )
         self.port: int = self.httpd.server_address[1]
         self._thread = threading.Thread(

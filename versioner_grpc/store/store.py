@@ -84,26 +84,26 @@ class Store:
         self, product: str = "", environment: str = ""
     ) -> tuple[list[EnvironmentState], int]:
         return await self.read(
-            lambda m: (reads.current_states(m, product, environment), reads.head_revision(m))
+            lambda sql: (reads.current_states(sql, product, environment), reads.head_revision(sql))
         )
 
     async def history(
         self, filters: Filters, after: reads.PageKey | None, limit: int
     ) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
-        def question(m: Sql) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
-            page, next_key = reads.history_page(m, filters, after, limit)
-            return page, next_key, reads.head_revision(m)
+        def question(sql: Sql) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
+            page, next_key = reads.history_page(sql, filters, after, limit)
+            return page, next_key, reads.head_revision(sql)
 
         return await self.read(question)
 
     async def events_page(
         self, after: int, limit: int, filters: Filters | None = None
     ) -> tuple[list[StoredEvent], int]:
-        return await self.read(lambda m: reads.events_page(m, after, limit, filters))
+        return await self.read(lambda sql: reads.events_page(sql, after, limit, filters))
 
     async def revisions(self) -> tuple[int, int]:
         """(oldest, newest) stored revision; (0, 0) when empty."""
-        return await self.read(lambda m: (reads.oldest_revision(m), reads.head_revision(m)))
+        return await self.read(lambda sql: (reads.oldest_revision(sql), reads.head_revision(sql)))
 
     async def compact(self, older_than: int) -> int:
         """Delete events recorded before `older_than` (µs), always keeping the newest one.

@@ -135,9 +135,9 @@ class Writer:
         except Unavailable as exc:
             outcomes = [exc] * len(batch)
             stored = []
-        except Exception as exc:
+        except Exception as exc:  # a bug, not the client's doing: INTERNAL for the batch
             log.exception("write transaction failed")
-            outcomes = [Unavailable(f"write failed: {exc}")] * len(batch)
+            outcomes = [exc] * len(batch)
             stored = []
         for request, outcome in zip(batch, outcomes, strict=True):
             request.loop.call_soon_threadsafe(_settle, request.future, outcome)

@@ -629,7 +629,7 @@ def cmd_run(
         raise UsageError("run: give the command after --, e.g. versioner run ... -- ./deploy.sh")
     fields = _event_fields(args, env)
     # Generated here so that the final event lands on the deployment STARTED opened.
-    deployment_id = args.deployment_id or str(uuid.uuid4())
+    deployment_id = args.deployment_id or uuid.uuid4().hex
     where = f"{args.product} {args.version} to {args.environment}"
 
     def record(status: int) -> int:

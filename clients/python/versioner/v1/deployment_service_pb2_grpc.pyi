@@ -3,7 +3,7 @@
 isort:skip_file
 Versioner: records deployments of product versions to environments.
 
-The contract lives in DESIGN.md; this file is its wire form. Field numbers
+The contract lives in docs/DESIGN.md; this file is its wire form. Field numbers
 are forever: add fields, never renumber or reuse them.
 """
 
