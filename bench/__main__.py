@@ -1,0 +1,7 @@
+"""`python -m bench`: see bench.main."""
+
+import sys
+
+from bench.main import main
+
+sys.exit(main())

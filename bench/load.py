@@ -1,0 +1,224 @@
+"""The load process: `python -m bench.load`, one JSON command per stdin line.
+
+Each command runs to completion on a fresh grpc.aio channel and answers one
+JSON line on stdout. Latencies go back raw (microseconds) so the driver can
+merge several load processes. Commands:
+
+- unary: `inflight` closed loops calling `rpc` for `warmup` + `seconds`; only
+  calls started inside the measured window count.
+- paced: RecordEvent at a steady `rate` from wall time `start_at` for
+  `seconds` (at most `max_inflight` outstanding), each event carrying its send
+  time in extra_metadata["bench_sent"] for the watchers' end-to-end latency.
+- cycles: `count` WatchDeployments connect / read one message / cancel cycles,
+  `concurrency` at a time (the leak check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import grpc
+from versioner.v1 import deployment_service_pb2 as pb
+from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
+
+from bench.fixtures import HISTORY_PAGE, PAIRS, PRODUCTS, sha_for
+
+STATUS_STARTED = pb.DEPLOYMENT_STATUS_STARTED
+STATUS_COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
+
+
+def record_request(product: str, env: str, version: str, status: int) -> pb.RecordEventRequest:
+    """A CI pipeline's report: every field a real one sends, a fresh event_id."""
+    request = pb.RecordEventRequest(
+        product_name=product,
+        version=version,
+        environment_name=env,
+        status=status,
+        deployed_by="bench",
+        scm_branch="main",
+        scm_sha=sha_for(product, version),
+        build_url=f"https://ci.example.com/{product}/builds/{version}",
+        event_id=uuid.uuid4().hex,
+    )
+    request.extra_metadata.update({"pipeline": "bench", "bench_sent": time.time()})
+    return request
+
+
+class _Recorder:
+    """Deployments for RecordEvent load: half STARTED+COMPLETED pairs, half single COMPLETED.
+
+    Versions are unique per (tag, slot, n), so each is a new deployment and a new
+    version binding, spread over the seeded product/environment pairs.
+    """
+
+    def __init__(self, tag: str, slot: int) -> None:
+        self.tag, self.slot, self.n = tag, slot, 0
+        self.pending: list[tuple[str, str, str, int]] = []
+
+    def next(self) -> pb.RecordEventRequest:
+        if not self.pending:
+            self.n += 1
+            product, env = PAIRS[(self.slot * 7919 + self.n * 104_729) % len(PAIRS)]
+            version = f"9.{self.tag}.{self.slot}.{self.n}"
+            if self.n % 2:
+                self.pending = [(product, env, version, STATUS_COMPLETED)]
+            else:
+                self.pending = [
+                    (product, env, version, STATUS_STARTED),
+                    (product, env, version, STATUS_COMPLETED),
+                ]
+        return record_request(*self.pending.pop(0))
+
+
+async def unary(spec: dict[str, Any]) -> dict[str, Any]:
+    rpc, inflight = spec["rpc"], int(spec["inflight"])
+    tag = f"{spec.get('tag', 'x')}w{spec.get('worker', 0)}"
+    async with grpc.aio.insecure_channel(spec["address"]) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        stub = pb_grpc.DeploymentServiceStub(channel)
+        method = getattr(stub, rpc)
+        current = [pb.GetCurrentRequest(product_name=p, environment_name=e) for p, e in PAIRS]
+        history = [pb.ListHistoryRequest(product_name=p, page_size=HISTORY_PAGE) for p in PRODUCTS]
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        measure_from = begin + float(spec["warmup"])
+        stop_at = measure_from + float(spec["seconds"])
+        latencies: list[int] = []
+        errors: Counter[str] = Counter()
+
+        async def slot(index: int) -> None:
+            recorder = _Recorder(tag, index)
+            n = index * 37
+            while True:
+                n += 1
+                if rpc == "RecordEvent":
+                    request = recorder.next()
+                elif rpc == "GetCurrent":
+                    request = current[n % len(current)]
+                else:
+                    request = history[n % len(history)]
+                started = loop.time()
+                if started >= stop_at:
+                    return
+                try:
+                    await method(request, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    if started >= measure_from:
+                        errors[exc.code().name] += 1
+                    continue
+                if started >= measure_from:
+                    latencies.append(int((loop.time() - started) * 1e6))
+
+        await asyncio.gather(*(slot(i) for i in range(inflight)))
+    return {"latencies_us": latencies, "errors": dict(errors), "seconds": float(spec["seconds"])}
+
+
+async def paced(spec: dict[str, Any]) -> dict[str, Any]:
+    rate, seconds = float(spec["rate"]), float(spec["seconds"])
+    max_inflight = int(spec.get("max_inflight", 32))
+    async with grpc.aio.insecure_channel(spec["address"]) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        stub = pb_grpc.DeploymentServiceStub(channel)
+        recorder = _Recorder(spec.get("tag", "p"), 0)
+        gate = asyncio.Semaphore(max_inflight)
+        latencies: list[int] = []
+        errors: Counter[str] = Counter()
+        tasks: set[asyncio.Task] = set()
+        late = 0
+
+        async def one(request: pb.RecordEventRequest) -> None:
+            started = time.perf_counter()
+            try:
+                await stub.RecordEvent(request, timeout=30)
+                latencies.append(int((time.perf_counter() - started) * 1e6))
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+            finally:
+                gate.release()
+
+        start_at = float(spec.get("start_at", time.time()))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        sent = 0
+        total = int(rate * seconds)
+        while sent < total:
+            due = start_at + sent / rate
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.05:
+                late += 1
+            await gate.acquire()
+            task = asyncio.create_task(one(recorder.next()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        sent_seconds = time.time() - start_at
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+    return {
+        "sent": sent,
+        "sent_per_s": sent / max(sent_seconds, 1e-9),
+        "late": late,
+        "latencies_us": latencies,
+        "errors": dict(errors),
+    }
+
+
+async def cycles(spec: dict[str, Any]) -> dict[str, Any]:
+    count, concurrency = int(spec["count"]), int(spec.get("concurrency", 50))
+    after = spec.get("after_revision")
+    errors: Counter[str] = Counter()
+    done = 0
+    async with grpc.aio.insecure_channel(spec["address"]) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        stub = pb_grpc.DeploymentServiceStub(channel)
+        request = (
+            pb.WatchDeploymentsRequest(after_revision=int(after))
+            if after is not None
+            else pb.WatchDeploymentsRequest()
+        )
+        started = time.perf_counter()
+        remaining = count
+
+        async def worker() -> None:
+            nonlocal remaining, done
+            while remaining > 0:
+                remaining -= 1
+                call = stub.WatchDeployments(request, timeout=30)
+                try:
+                    await call.read()
+                    done += 1
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] += 1
+                finally:
+                    call.cancel()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"cycles": done, "per_s": done / max(elapsed, 1e-9), "errors": dict(errors)}
+
+
+COMMANDS = {"unary": unary, "paced": paced, "cycles": cycles}
+
+
+def main() -> None:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        spec = json.loads(line)
+        try:
+            result = asyncio.run(COMMANDS[spec["op"]](spec))
+        except Exception as exc:
+            result = {"failed": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
