@@ -19,6 +19,8 @@ from versioner_grpc.auth import principal_name
 from versioner_grpc.domain.errors import invalid
 from versioner_grpc.domain.model import StoredEvent
 from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
+from versioner_grpc.store import reads
+from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
@@ -67,8 +69,17 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         filters = validate_filters(
             product=request.product_name, environment=request.environment_name
         )
-        states, revision = await self.store.current(filters.product, filters.environment)
-        return pb.GetCurrentResponse(states=[convert.state(s) for s in states], revision=revision)
+
+        def answer(sql: Sql) -> tuple[bytes, int]:
+            states = reads.current_states(sql, filters.product, filters.environment)
+            revision = reads.head_revision(sql)
+            response = pb.GetCurrentResponse(
+                states=[convert.state(s) for s in states], revision=revision
+            )
+            return response.SerializeToString(), revision
+
+        key = ("GetCurrent", filters.product, filters.environment)
+        return await self.store.read_cached(key, answer)  # type: ignore[return-value]
 
     async def ListHistory(
         self, request: pb.ListHistoryRequest, context: grpc.aio.ServicerContext
@@ -78,12 +89,19 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             raise invalid("page_size", "must not be negative")
         limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = pagetoken.decode(filters.key(), request.page_token) if request.page_token else None
-        page, next_key, revision = await self.store.history(filters, after, limit)
-        return pb.ListHistoryResponse(
-            deployments=[convert.deployment(d) for d in page],
-            next_page_token=pagetoken.encode(filters.key(), next_key) if next_key else "",
-            revision=revision,
-        )
+
+        def answer(sql: Sql) -> tuple[bytes, int]:
+            page, next_key = reads.history_page(sql, filters, after, limit)
+            revision = reads.head_revision(sql)
+            response = pb.ListHistoryResponse(
+                deployments=[convert.deployment(d) for d in page],
+                next_page_token=pagetoken.encode(filters.key(), next_key) if next_key else "",
+                revision=revision,
+            )
+            return response.SerializeToString(), revision
+
+        key = ("ListHistory", filters.key(), after, limit)
+        return await self.store.read_cached(key, answer)  # type: ignore[return-value]
 
     async def WatchDeployments(
         self, request: pb.WatchDeploymentsRequest, context: grpc.aio.ServicerContext

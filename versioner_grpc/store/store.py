@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from versioner_grpc.domain.model import Deployment as DeploymentValue
-from versioner_grpc.domain.model import EnvironmentState, EventInput, RecordResult, StoredEvent
+from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.domain.validation import Filters
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
+from versioner_grpc.store.read_cache import RevisionCache
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
 
@@ -33,6 +33,7 @@ class Store:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
+        self.cache = RevisionCache()
         self.writer = Writer(
             self.database, on_commit=self._committed, project_metrics=project_metrics
         )
@@ -72,6 +73,28 @@ class Store:
 
         return self.database.call(run)
 
+    async def read_cached(
+        self, key: Hashable, question: Callable[[Sql], tuple[bytes, int]]
+    ) -> bytes:
+        """An encoded answer: from the cache while the head revision is unchanged.
+
+        `question` runs in a snapshot on a reader thread and returns the encoded
+        answer and the revision it was read at.
+        """
+
+        def run() -> bytes:
+            sql = self.database.sql
+            hit = self.cache.get(key, reads.head_revision(sql))
+            if hit is not None:
+                return hit
+            with self._snapshot():
+                answer, revision = question(sql)
+            self.cache.put(key, revision, answer)
+            return answer
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.call, run)
+
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
         db = self.database.db
@@ -79,22 +102,6 @@ class Store:
             if self.database.is_postgres:
                 db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield
-
-    async def current(
-        self, product: str = "", environment: str = ""
-    ) -> tuple[list[EnvironmentState], int]:
-        return await self.read(
-            lambda sql: (reads.current_states(sql, product, environment), reads.head_revision(sql))
-        )
-
-    async def history(
-        self, filters: Filters, after: reads.PageKey | None, limit: int
-    ) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
-        def question(sql: Sql) -> tuple[list[DeploymentValue], reads.PageKey | None, int]:
-            page, next_key = reads.history_page(sql, filters, after, limit)
-            return page, next_key, reads.head_revision(sql)
-
-        return await self.read(question)
 
     async def events_page(
         self, after: int, limit: int, filters: Filters | None = None

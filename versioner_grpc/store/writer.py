@@ -90,6 +90,13 @@ class Writer:
         self.database.close()
 
     def _commit(self, batch: list[_Request]) -> None:
+        """Apply a batch in one transaction; answer every request after the commit.
+
+        No savepoint per event: apply_event raises rule violations before it
+        writes anything, so a rejected event leaves nothing behind. Anything else
+        (a bug) rolls the whole batch back, and then each event is retried alone
+        so that only the faulty one fails.
+        """
         outcomes: list[RecordResult | BaseException] = []
         stored: list[StoredEvent] = []
         db = self.database
@@ -103,21 +110,14 @@ class Writer:
                 revision = head_revision(db.sql) + 1
                 for request in batch:
                     try:
-                        with db.db.atomic():  # a savepoint per event
-                            result = apply_event(
-                                db.sql,
-                                request.event,
-                                now,
-                                revision,
-                                project_metrics=self.project_metrics,
-                            )
+                        result = apply_event(
+                            db.sql,
+                            request.event,
+                            now,
+                            revision,
+                            project_metrics=self.project_metrics,
+                        )
                     except VersionerError as exc:
-                        outcomes.append(exc)
-                        continue
-                    except db.connection_errors:
-                        raise
-                    except Exception as exc:  # a bug: fail this event, not the batch
-                        log.exception("applying event %s failed", request.event.event_id)
                         outcomes.append(exc)
                         continue
                     outcomes.append(result)
@@ -125,9 +125,7 @@ class Writer:
                         stored.append(result.event)
                         revision += 1
                 if stored and db.is_postgres:
-                    db.db.execute_sql(
-                        "SELECT pg_notify('versioner_events', %s)", (str(revision - 1),)
-                    )
+                    db.sql.run("SELECT pg_notify('versioner_events', ?)", (str(revision - 1),))
 
         try:
             db.call(transaction)
@@ -135,9 +133,13 @@ class Writer:
         except Unavailable as exc:
             outcomes = [exc] * len(batch)
             stored = []
-        except Exception as exc:  # a bug, not the client's doing: INTERNAL for the batch
-            log.exception("write transaction failed")
-            outcomes = [exc] * len(batch)
+        except Exception as exc:  # a bug, not the client's doing: INTERNAL
+            if len(batch) > 1:
+                for request in batch:
+                    self._commit([request])
+                return
+            log.exception("applying event %s failed", batch[0].event.event_id)
+            outcomes = [exc]
             stored = []
         for request, outcome in zip(batch, outcomes, strict=True):
             request.loop.call_soon_threadsafe(_settle, request.future, outcome)
