@@ -12,7 +12,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
@@ -21,7 +26,7 @@ from versioner_grpc.config import Config
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
-from versioner_grpc.metrics.deployments import DeploymentCollector
+from versioner_grpc.metrics.deployments import DeploymentMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
 from versioner_grpc.service import DeploymentService
@@ -103,7 +108,9 @@ class Server:
         )
         disable_created_metrics()  # go-grpc-prometheus has no *_created series
         self.registry = CollectorRegistry()
-        self.registry.register(DeploymentCollector(self.store.database))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.deployment_metrics = DeploymentMetrics(self.store.database)
         self.health = HealthServicer()
         self.tokens: TokenFile | None = None
         self.grpc_port = 0
@@ -157,7 +164,9 @@ class Server:
         self._grpc = server
         if self.config.metrics_listen.lower() != "off":
             mhost = self.config.metrics_listen.rpartition(":")[0]
-            self._metrics_http = MetricsServer(self.config.metrics_listen, self.registry)
+            self._metrics_http = MetricsServer(
+                self.config.metrics_listen, self.registry, self.deployment_metrics
+            )
             self.metrics_port = self._metrics_http.port
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))

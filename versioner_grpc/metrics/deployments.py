@@ -1,30 +1,28 @@
-"""Deployment metrics, read from the store's projection at scrape time.
+"""Deployment metrics, rendered from the store's projection at scrape time.
 
 Nothing is counted in process memory: every number comes from tables written in
 the events' transactions, so replicas agree, restarts lose nothing and late
 events are included. Versions appear only in versioner_current_version_info.
+
+The text is rendered here rather than through prometheus_client's metric
+families: with 1,000 product-environment pairs a scrape holds ~100k samples,
+and building them as library objects took a second of CPU (and the GIL) per
+scrape; direct rendering takes a fraction of that. The result is cached by the
+store's head revision, since the projection changes only when an event does.
 """
 
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-
-import peewee as pw
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+from collections.abc import Iterable
 
 from versioner_grpc import __version__
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.domain.model import TERMINAL, EnvironmentType, Status
-from versioner_grpc.store import projection
+from versioner_grpc.store import projection, reads
 from versioner_grpc.store.database import Database
 
 HISTOGRAMS = {
@@ -45,148 +43,152 @@ HISTOGRAMS = {
         "Time from a failed deployment to the next completed one in the same place.",
     ),
 }
+STATUS = {s: s.name.lower() for s in Status}
+ENV_TYPE = {t: t.name.lower() for t in EnvironmentType}
 
 
-def _status(value: int) -> str:
-    return Status(value).name.lower()
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _env_type(value: int) -> str:
-    return EnvironmentType(value).name.lower()
+def _header(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
 
 
-class DeploymentCollector(Collector):
-    """A prometheus_client collector over the projection tables."""
+class DeploymentMetrics:
+    """Renders the deployment metric families (Prometheus text format 0.0.4)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._cached: tuple[int, str] | None = None
+        self._lock = threading.Lock()
 
-    def describe(self) -> list[Metric]:
-        return []  # collected dynamically; nothing to check at registration
-
-    def collect(self) -> Iterator[Metric]:
+    def exposition(self) -> str:
         started = time.perf_counter()
-        db = self.database
-        store_up = GaugeMetricFamily(
-            "versioner_store_up", "1 when the last scrape could read the database, else 0."
-        )
         try:
-            with db.db.connection_context():
-                rows = db.call(self._read)
+            with self.database.db.connection_context():
+                body = self.database.call(self._render_cached)
+            up = 1
         except Unavailable:
-            rows = None
-        store_up.add_metric([], 1 if rows else 0)
-        yield store_up
-        if rows:
-            yield from self._families(*rows)
-        build = GaugeMetricFamily(
-            "versioner_build_info",
-            "Versioner server build: always 1.",
-            labels=["version", "python_version"],
+            body, up = "", 0
+        lines: list[str] = []
+        _header(lines, "versioner_store_up", "gauge", "1 when this scrape could read the database.")
+        lines.append(f"versioner_store_up {up}")
+        _header(lines, "versioner_build_info", "gauge", "Versioner server build: always 1.")
+        lines.append(
+            f'versioner_build_info{{python_version="{platform.python_version()}",'
+            f'version="{__version__}"}} 1'
         )
-        build.add_metric([__version__, platform.python_version()], 1)
-        yield build
-        cost = GaugeMetricFamily(
+        _header(
+            lines,
             "versioner_scrape_duration_seconds",
-            "Time this scrape spent reading deployment metrics from the database.",
+            "gauge",
+            "Time this scrape spent reading and rendering deployment metrics.",
         )
-        cost.add_metric([], time.perf_counter() - started)
-        yield cost
+        lines.append(f"versioner_scrape_duration_seconds {time.perf_counter() - started}")
+        return body + "\n".join(lines) + "\n"
 
-    def _read(self) -> tuple[list, list, list]:
-        m = self.database.models
-        C, B, S, D = m.MetricCounter, m.MetricBucket, m.CurrentState, m.Deployment
+    def _render_cached(self) -> str:
+        sql = self.database.sql
+        head = reads.head_revision(sql)
+        with self._lock:
+            if self._cached is not None and self._cached[0] == head:
+                return self._cached[1]
         with self.database.db.atomic():
-            counters = list(
-                C.select(
-                    C.product, C.environment, C.metric, C.status, C.count, C.sum, C.last
-                ).tuples()
+            revision = reads.head_revision(sql)
+            counters = sql.rows(
+                "SELECT product, environment, metric, status, count, sum, last FROM metric_counter"
             )
-            buckets = list(
-                B.select(B.product, B.environment, B.metric, B.status, B.bucket, B.count).tuples()
+            buckets = sql.rows(
+                "SELECT product, environment, metric, status, bucket, count FROM metric_bucket"
             )
-            states = list(
-                S.select(S.product, S.environment, S.environment_type, S.in_progress, D.version)
-                .join(D, join_type=pw.JOIN.LEFT_OUTER, on=(D.id == S.current_id))
-                .tuples()
+            places = sql.rows(
+                "SELECT s.product, s.environment, s.environment_type, s.in_progress, d.version "
+                "FROM current_state s LEFT JOIN deployment d ON d.id = s.current_id "
+                "ORDER BY s.product, s.environment"
             )
-        return counters, buckets, states
-
-    def _families(self, counters: list, buckets: list, states: list) -> Iterator[Metric]:
-        env_types = {(p, e): t for p, e, t, _, _ in states}
-        deployments = CounterMetricFamily(
-            "versioner_deployments",
-            "Deployments that reached a terminal status.",
-            labels=["product", "environment", "environment_type", "status"],
-        )
-        last = GaugeMetricFamily(
-            "versioner_last_deployment_timestamp_seconds",
-            "End time of the newest deployment that reached this status (Unix seconds).",
-            labels=["product", "environment", "status"],
-        )
-        rollbacks = CounterMetricFamily(
-            "versioner_rollbacks",
-            "Completed deployments of an earlier version than the one running: a version that "
-            "had completed there before, other than the current one.",
-            labels=["product", "environment"],
-        )
-        in_progress = GaugeMetricFamily(
-            "versioner_deployments_in_progress",
-            "Deployments pending or started, not yet ended.",
-            labels=["product", "environment"],
-        )
-        current = GaugeMetricFamily(
-            "versioner_current_version_info",
-            "The version currently deployed (last completed) per product and environment.",
-            labels=["product", "environment", "environment_type", "version"],
-        )
-        # Every known place exports every terminal status and its rollbacks, at 0 until
-        # the first one: rate() cannot see the increment that creates a series.
-        counts: dict[tuple, int] = {(p, e, s): 0 for (p, e) in env_types for s in sorted(TERMINAL)}
-        rollback_counts: dict[tuple, int] = dict.fromkeys(env_types, 0)
-        sums: dict[tuple, tuple[int, float]] = {}
-        for product, env, metric, status, count, total, last_time in counters:
-            if metric == projection.DEPLOYMENTS:
-                counts[(product, env, status)] = count
-                last.add_metric([product, env, _status(status)], last_time / 1e6)
-            elif metric == projection.ROLLBACKS:
-                rollback_counts[(product, env)] = count
-            elif metric in HISTOGRAMS:
-                sums[(product, env, metric, status)] = (count, total)
-        for (product, env, status), count in sorted(counts.items()):
-            env_type = _env_type(env_types.get((product, env), 0))
-            deployments.add_metric([product, env, env_type, _status(status)], count)
-        for (product, env), count in sorted(rollback_counts.items()):
-            rollbacks.add_metric([product, env], count)
-        for product, env, env_type, busy, version in states:
-            in_progress.add_metric([product, env], busy)
-            if version is not None:
-                current.add_metric([product, env, _env_type(env_type), version], 1)
-        yield from (deployments, last, rollbacks, in_progress, current)
-        yield from self._histograms(sums, buckets)
-
-    def _histograms(self, sums: dict, buckets: list) -> Iterator[Metric]:
-        per_series: dict[tuple, dict[int, int]] = defaultdict(dict)
-        for product, env, metric, status, bucket, count in buckets:
-            per_series[(product, env, metric, status)][bucket] = count
-        for metric, (name, help_text) in HISTOGRAMS.items():
-            with_status = metric == projection.DURATION
-            labels = ["product", "environment", *(["status"] if with_status else [])]
-            family = HistogramMetricFamily(name, help_text, labels=labels)
-            bounds = projection.BUCKETS[metric]
-            for key, (count, total) in sorted(sums.items()):
-                if key[2] != metric:
-                    continue
-                counts = per_series.get(key, {})
-                cumulative, running = [], 0
-                for index, bound in enumerate(bounds):
-                    running += counts.get(index, 0)
-                    cumulative.append((_bound(bound), running))
-                cumulative.append(("+Inf", count))
-                values = [key[0], key[1], *([_status(key[3])] if with_status else [])]
-                family.add_metric(values, cumulative, total)
-            yield family
+        text = render(counters, buckets, places)
+        with self._lock:
+            self._cached = (revision, text)
+        return text
 
 
-def _bound(seconds: float) -> str:
-    return f"{float(seconds)}"
+def render(counters: Iterable[tuple], buckets: Iterable[tuple], places: list[tuple]) -> str:
+    """The deployment metric families from the projection rows."""
+    where = {(p, e): f'environment="{_escape(e)}",product="{_escape(p)}"' for p, e, *_ in places}
+    env_types = {(p, e): ENV_TYPE[EnvironmentType(t)] for p, e, t, _, _ in places}
+    # Every known place exports every terminal status and its rollbacks, at 0 until
+    # the first one: rate() cannot see the increment that creates a series.
+    deployments = {(p, e, int(s)): 0 for (p, e) in where for s in sorted(TERMINAL)}
+    rollbacks = dict.fromkeys(where, 0)
+    last: dict[tuple, int] = {}
+    sums: dict[tuple, tuple[int, float]] = {}
+    for product, env, metric, status, count, total, last_time in counters:
+        if (product, env) not in where:
+            continue
+        if metric == projection.DEPLOYMENTS:
+            deployments[(product, env, status)] = count
+            last[(product, env, status)] = last_time
+        elif metric == projection.ROLLBACKS:
+            rollbacks[(product, env)] = count
+        elif metric in HISTOGRAMS:
+            sums[(metric, product, env, status)] = (count, total)
+    per_bucket: dict[tuple, dict[int, int]] = defaultdict(dict)
+    for product, env, metric, status, bucket, count in buckets:
+        per_bucket[(metric, product, env, status)][bucket] = count
+
+    lines: list[str] = []
+    name = "versioner_deployments_total"
+    _header(lines, name, "counter", "Deployments that reached a terminal status.")
+    for (product, env, status), count in sorted(deployments.items()):
+        lines.append(
+            f'{name}{{{where[(product, env)]},environment_type="{env_types[(product, env)]}",'
+            f'status="{STATUS[Status(status)]}"}} {count}'
+        )
+    name = "versioner_last_deployment_timestamp_seconds"
+    _header(lines, name, "gauge", "End time of the newest deployment that ended with this status.")
+    for (product, env, status), end in sorted(last.items()):
+        lines.append(
+            f'{name}{{{where[(product, env)]},status="{STATUS[Status(status)]}"}} {end / 1e6}'
+        )
+    name = "versioner_rollbacks_total"
+    _header(
+        lines,
+        name,
+        "counter",
+        "Completed deployments of an earlier version than the one running: a version that "
+        "had completed there before, other than the current one.",
+    )
+    for place, count in sorted(rollbacks.items()):
+        lines.append(f"{name}{{{where[place]}}} {count}")
+    name = "versioner_deployments_in_progress"
+    _header(lines, name, "gauge", "Deployments pending or started, not yet ended.")
+    for product, env, _, busy, _ in places:
+        lines.append(f"{name}{{{where[(product, env)]}}} {busy}")
+    name = "versioner_current_version_info"
+    _header(lines, name, "gauge", "The version currently deployed (last completed) per place: 1.")
+    for product, env, _, _, version in places:
+        if version is not None:
+            lines.append(
+                f'{name}{{{where[(product, env)]},environment_type="{env_types[(product, env)]}",'
+                f'version="{_escape(version)}"}} 1'
+            )
+    for metric, (name, help_text) in HISTOGRAMS.items():
+        _header(lines, name, "histogram", help_text)
+        bounds = [f"{float(b)}" for b in projection.BUCKETS[metric]]
+        for key in sorted(k for k in sums if k[0] == metric):
+            _, product, env, status = key
+            count, total = sums[key]
+            labels = where[(product, env)]
+            if metric == projection.DURATION:
+                labels += f',status="{STATUS[Status(status)]}"'
+            counts = per_bucket.get(key, {})
+            running = 0
+            for index, bound in enumerate(bounds):
+                running += counts.get(index, 0)
+                lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
+            lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {count}')
+            lines.append(f"{name}_sum{{{labels}}} {total}")
+            lines.append(f"{name}_count{{{labels}}} {count}")
+    return "\n".join(lines) + "\n"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from versioner_grpc.metrics.deployments import DeploymentMetrics
 
 
 class _Quiet(WSGIRequestHandler):
@@ -20,32 +23,41 @@ class _Server6(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-def _only_metrics(app: Callable) -> Callable:
-    """/metrics (and / for a quick look in a browser); 404 for anything else."""
+def metrics_app(registry: CollectorRegistry, deployments: DeploymentMetrics) -> Callable:
+    """/metrics (and / for a quick look in a browser): the registry's metrics (gRPC,
+    process) followed by the deployment families; 404 for any other path."""
 
-    def route(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") in ("/metrics", "/"):
-            return app(environ, start_response)
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: metrics are at /metrics\n"]
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: metrics are at /metrics\n"]
+        body = generate_latest(registry) + deployments.exposition().encode()
+        headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [body]
 
-    return route
+    return app
 
 
 class MetricsServer:
-    """Serves `registry` at host:port/metrics. Unlike prometheus_client's
+    """Serves the metrics at host:port/metrics. Unlike prometheus_client's
     start_http_server it stops promptly (a short poll), which keeps restarts and
     tests fast.
     """
 
-    def __init__(self, address: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, address: str, registry: CollectorRegistry, deployments: DeploymentMetrics
+    ) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         server_class = _Server6 if ":" in host else ThreadingWSGIServer
         self.httpd = make_server(
             host,
             int(port),
-            _only_metrics(make_wsgi_app(registry)),
+            metrics_app(registry, deployments),
             server_class,
             handler_class=_Quiet,
         )
