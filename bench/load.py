@@ -5,7 +5,8 @@ JSON line on stdout. Latencies go back raw (microseconds) so the driver can
 merge several load processes. Commands:
 
 - unary: `inflight` closed loops calling `rpc` for `warmup` + `seconds`; only
-  calls started inside the measured window count.
+  calls started inside the measured window count. Reads come cold or hot
+  (see READS): Versioner keeps a revision-keyed cache of encoded answers.
 - paced: RecordEvent at a steady `rate` from wall time `start_at` for
   `seconds` (at most `max_inflight` outstanding), each event carrying its send
   time in extra_metadata["bench_sent"] for the watchers' end-to-end latency.
@@ -16,6 +17,7 @@ merge several load processes. Commands:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -28,6 +30,17 @@ from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from bench.fixtures import HISTORY_PAGE, PAIRS, PRODUCTS, sha_for
+
+# The reads, by name. Versioner answers a repeated question from a cache of encoded
+# responses while the head revision is unchanged, so each read comes two ways:
+# - cold ("GetCurrent", "ListHistory"): questions the cache cannot answer. GetCurrent
+#   walks all 1,000 pairs in one cycle (shared by the process's loops), more distinct
+#   questions than the server's LRU cache holds (512 today); ListHistory asks for one
+#   product's newest 50 with a distinct, unbounded `until` each time (same rows).
+# - hot ("GetCurrent:hot", "ListHistory:hot"): the same 8 questions over and over.
+READS = ("GetCurrent", "ListHistory", "GetCurrent:hot", "ListHistory:hot")
+HOT_KEYS = 8
+FAR_FUTURE = 4_102_444_800  # 2100-01-01: `until` this late filters nothing out
 
 STATUS_STARTED = pb.DEPLOYMENT_STATUS_STARTED
 STATUS_COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
@@ -82,9 +95,10 @@ async def unary(spec: dict[str, Any]) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(spec["address"]) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         stub = pb_grpc.DeploymentServiceStub(channel)
-        method = getattr(stub, rpc)
+        method = getattr(stub, rpc.split(":")[0])
         current = [pb.GetCurrentRequest(product_name=p, environment_name=e) for p, e in PAIRS]
         history = [pb.ListHistoryRequest(product_name=p, page_size=HISTORY_PAGE) for p in PRODUCTS]
+        sequence = itertools.count(int(spec.get("worker", 0)) * len(PAIRS) // 2)
         loop = asyncio.get_running_loop()
         begin = loop.time()
         measure_from = begin + float(spec["warmup"])
@@ -94,15 +108,21 @@ async def unary(spec: dict[str, Any]) -> dict[str, Any]:
 
         async def slot(index: int) -> None:
             recorder = _Recorder(tag, index)
-            n = index * 37
             while True:
-                n += 1
+                n = next(sequence)
                 if rpc == "RecordEvent":
                     request = recorder.next()
                 elif rpc == "GetCurrent":
                     request = current[n % len(current)]
+                elif rpc == "GetCurrent:hot":
+                    request = current[n % HOT_KEYS]
+                elif rpc == "ListHistory:hot":
+                    request = history[n % HOT_KEYS]
                 else:
-                    request = history[n % len(history)]
+                    request = pb.ListHistoryRequest(
+                        product_name=PRODUCTS[n % len(PRODUCTS)], page_size=HISTORY_PAGE
+                    )
+                    request.until.seconds = FAR_FUTURE + n
                 started = loop.time()
                 if started >= stop_at:
                     return

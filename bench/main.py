@@ -45,6 +45,7 @@ class Run:
             warmup=args.warmup,
             concurrency=args.concurrency,
             rpcs=args.rpcs,
+            hot_concurrency=args.hot_concurrency,
             repeat=args.repeat,
             watchers=args.watchers,
             watch_light=args.watch_light,
@@ -62,6 +63,7 @@ class Run:
         )
         self.pg = procs.PostgresDatabases(args.postgres_url)
         self.live: list[procs.ServerProc] = []
+        self.revisions: list[str] = []  # the code each Versioner process started from
 
     def log_path(self, name: str) -> Path:
         self.logs += 1
@@ -70,6 +72,7 @@ class Run:
     def versioner(
         self, url: str, metrics: bool = True, extra: list[str] | None = None
     ) -> procs.ServerProc:
+        self.revisions.append(procs.git_revision())
         server = procs.versioner(url, self.log_path("versioner"), metrics=metrics, extra=extra)
         self.live.append(server)
         return server
@@ -219,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(run.tmp, ignore_errors=True)
     results["seconds"] = round(time.perf_counter() - began, 1)
+    results["server_revisions"] = sorted(set(run.revisions))
     results["machine"]["loadavg_end"] = procs.machine_info()["loadavg"]
     text = report.render(results)
     print("\n" + text)

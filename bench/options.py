@@ -65,6 +65,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rpcs", type=_names, default=["RecordEvent", "GetCurrent", "ListHistory"])
     p.add_argument("--concurrency", type=_ints, default=[1, 16, 64], help="calls in flight")
+    p.add_argument(
+        "--hot-concurrency",
+        type=_ints,
+        default=[64],
+        help="calls in flight for the cached (hot) read cells [64]",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per cell (the median is kept)")
     p.add_argument("--load-procs", type=int, default=1, help="load processes sharing each cell")
     p.add_argument("--watchers", type=_ints, default=[1, 100, 1000])

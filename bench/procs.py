@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -227,14 +228,17 @@ def git_revision() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "versioner_grpc", "protos"],
+            ["git", "diff", "HEAD", "--", "versioner_grpc", "protos", "clients/python"],
             cwd=REPO,
             capture_output=True,
             text=True,
-        ).stdout.strip()
+        ).stdout
     except OSError:
         return ""
-    return head + ("+dirty" if dirty else "")
+    if not dirty:
+        return head
+    # Uncommitted changes: name them by a digest, so two runs can tell they differ.
+    return f"{head}+dirty-{hashlib.sha1(dirty.encode()).hexdigest()[:8]}"
 
 
 class PostgresDatabases:

@@ -80,6 +80,12 @@ def render(results: dict[str, Any]) -> str:
         "machine: other people's work, i.e. noise); CPU us/call = (server + db) CPU per call, "
         "cpu ratio = null's / Versioner's: a noise-resistant cross-check of the ratio",
     ]
+    revisions = results.get("server_revisions", [])
+    if len(revisions) > 1:
+        parts.append(
+            "WARNING: the server code changed during this run (Versioner processes started from "
+            f"{', '.join(revisions)}): figures from different datasets are not comparable"
+        )
     for backend, data in results["backends"].items():
         if "skipped" in data:
             parts.append(f"\n{backend}: skipped ({data['skipped']})")

@@ -25,6 +25,7 @@ class Settings:
     warmup: float
     concurrency: list[int]
     rpcs: list[str]
+    hot_concurrency: list[int]
     repeat: int
     watchers: list[int]
     watch_light: float
@@ -59,45 +60,51 @@ def unary_suite(
 ) -> list[dict[str, Any]]:
     """Every (rpc, in-flight) cell on the null service and on Versioner, back to back."""
     rows = []
-    for rpc in s.rpcs:
-        for inflight in s.concurrency:
-            runs: dict[str, list[dict[str, Any]]] = {"null": [], "versioner": []}
-            for rep in range(s.repeat):
-                order = [("null", null), ("versioner", versioner)]
-                if rep % 2:
-                    order.reverse()
-                for name, target in order:
-                    other = versioner if target is null else null
-                    cell = measure_unary(
-                        pool,
-                        target,
-                        [other],
-                        rpc=rpc,
-                        inflight=inflight,
-                        seconds=s.seconds,
-                        warmup=s.warmup,
-                        tag=f"{label}{rpc[0]}{inflight}r{rep}{name[0]}{int(time.time())}",
-                    )
-                    runs[name].append(cell)
-            n, v = _median_cell(runs["null"]), _median_cell(runs["versioner"])
-            row = {
-                "rpc": rpc,
-                "inflight": inflight,
-                "null": n,
-                "versioner": v,
-                "ratio": ratio(v["calls_per_s"], n["calls_per_s"]),
-                # null CPU per call / Versioner CPU per call (server + PostgreSQL backends)
-                "cpu_ratio": ratio(n["cpu_us_per_call"], v["cpu_us_per_call"]),
-            }
-            rows.append(row)
-            _say(
-                f"  {label:<14} {rpc:<12} {inflight:>3} in flight: "
-                f"null {n['calls_per_s']:>8.0f}/s  versioner {v['calls_per_s']:>8.0f}/s  "
-                f"ratio {row['ratio']} (cpu {row['cpu_ratio']})  "
-                f"p99 {n['p99_ms']:.2f}/{v['p99_ms']:.2f} ms  "
-                f"foreign cpu {v['foreign_cores']:.2f}"
-                + (f"  errors {v['errors']}" if v["errors"] else "")
-            )
+    cells = [(rpc, inflight) for rpc in s.rpcs for inflight in s.concurrency]
+    cells += [
+        (f"{rpc}:hot", inflight)
+        for rpc in s.rpcs
+        if rpc in ("GetCurrent", "ListHistory")
+        for inflight in s.hot_concurrency
+    ]
+    for rpc, inflight in cells:
+        runs: dict[str, list[dict[str, Any]]] = {"null": [], "versioner": []}
+        for rep in range(s.repeat):
+            order = [("null", null), ("versioner", versioner)]
+            if rep % 2:
+                order.reverse()
+            for name, target in order:
+                other = versioner if target is null else null
+                cell = measure_unary(
+                    pool,
+                    target,
+                    [other],
+                    rpc=rpc,
+                    inflight=inflight,
+                    seconds=s.seconds,
+                    warmup=s.warmup,
+                    tag=f"{label}{rpc[0]}{inflight}r{rep}{name[0]}{int(time.time())}",
+                )
+                runs[name].append(cell)
+        n, v = _median_cell(runs["null"]), _median_cell(runs["versioner"])
+        row = {
+            "rpc": rpc,
+            "inflight": inflight,
+            "null": n,
+            "versioner": v,
+            "ratio": ratio(v["calls_per_s"], n["calls_per_s"]),
+            # null CPU per call / Versioner CPU per call (server + PostgreSQL backends)
+            "cpu_ratio": ratio(n["cpu_us_per_call"], v["cpu_us_per_call"]),
+        }
+        rows.append(row)
+        _say(
+            f"  {label:<14} {rpc:<12} {inflight:>3} in flight: "
+            f"null {n['calls_per_s']:>8.0f}/s  versioner {v['calls_per_s']:>8.0f}/s  "
+            f"ratio {row['ratio']} (cpu {row['cpu_ratio']})  "
+            f"p99 {n['p99_ms']:.2f}/{v['p99_ms']:.2f} ms  "
+            f"foreign cpu {v['foreign_cores']:.2f}"
+            + (f"  errors {v['errors']}" if v["errors"] else "")
+        )
     return rows
 
 

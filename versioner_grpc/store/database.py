@@ -119,6 +119,5 @@ def open_database(url: str, *, sqlite_synchronous: str = "NORMAL") -> pw.Databas
             port=parts.port or None,
             connect_timeout=5,
             application_name="versioner",
-            autorollback=False,
         )
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
