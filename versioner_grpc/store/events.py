@@ -262,8 +262,10 @@ def _set_previous_and_rollback(sql: Sql, after: Deployment) -> None:
         prev
         and prev[0] != after.version
         and sql.row(
-            "SELECT 1 FROM deployment WHERE product = ? AND environment = ? AND status = ? "
-            "AND end_time <= ? AND id <> ? AND version = ? LIMIT 1",
+            # The unary + keeps the planner on the version index (few rows per
+            # version) rather than the end-time one (every completion there).
+            "SELECT 1 FROM deployment WHERE product = ? AND environment = ? AND +status = ? "
+            "AND +end_time <= ? AND id <> ? AND version = ? LIMIT 1",
             (*place, after.version),
         )
     )

@@ -92,8 +92,10 @@ def define_models(database: pw.Database) -> Models:
                 (("product", "create_time", "id"), False),
                 (("environment", "create_time", "id"), False),
                 (("product", "environment", "create_time", "id"), False),
-                # The open deployment of a (product, version, environment).
-                (("product", "environment", "version", "status"), False),
+                # The open deployment of a (product, version, environment), newest
+                # first, and earlier completions of a version (rollbacks): a few
+                # rows per version, however long the history.
+                (("product", "environment", "version", "create_time", "id"), False),
                 # Previous completed deployment by end time (rollbacks).
                 (("product", "environment", "status", "end_time"), False),
             )
