@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -180,8 +183,31 @@ class Run:
         return out
 
 
+def _run_on_snapshot(revision: str, argv: Sequence[str] | None) -> int:
+    """Run the whole benchmark again with every process on a snapshot of `revision`:
+    the servers, the null service, the load and the seeder all import that code, so
+    commits landing meanwhile cannot mix versions into one run."""
+    code, short = procs.export_snapshot(revision)
+    _say(f"server code: {revision} = {short}, exported to {code}")
+    env = {
+        **os.environ,
+        "VERSIONER_BENCH_CODE": str(code),
+        "VERSIONER_BENCH_REV": short,
+        # `python -m` puts the working directory (the snapshot) first on sys.path; the
+        # stubs come from the snapshot too, `bench` from this checkout.
+        "PYTHONPATH": os.pathsep.join([str(code / "clients" / "python"), str(procs.REPO)]),
+    }
+    try:
+        command = [sys.executable, "-m", "bench", *(argv or sys.argv[1:])]
+        return subprocess.call(command, cwd=code, env=env)
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = options.parse(argv)
+    if args.code and "VERSIONER_BENCH_CODE" not in os.environ:
+        return _run_on_snapshot(args.code, argv)
     run = Run(args)
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -226,6 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["machine"]["loadavg_end"] = procs.machine_info()["loadavg"]
     text = report.render(results)
     print("\n" + text)
-    json_path, text_path = report.write(results, text, Path(args.out))
+    json_path, text_path = report.write(results, text, procs.REPO / args.out)
     print(f"wrote {json_path} and {text_path} ({results['seconds']:.0f} s)")
     return 0

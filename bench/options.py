@@ -121,6 +121,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=64,
         help="RecordEvent calls in flight for metrics on/off [%(default)s]",
     )
+    p.add_argument(
+        "--code",
+        metavar="REV",
+        help="benchmark the server code of this git revision (e.g. HEAD), exported to a temp "
+        "dir, instead of the working tree (which others may change during a long run)",
+    )
     p.add_argument("--out", default="bench-results", help="directory for the JSON and text report")
     p.add_argument(
         "--keep", action="store_true", help="keep the temp directory (databases, server logs)"

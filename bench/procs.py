@@ -10,11 +10,15 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
+# Where the server code comes from: this checkout, or a snapshot of one revision
+# (--code REV: `git archive` into a temp dir, every process started from there).
+CODE = Path(os.environ.get("VERSIONER_BENCH_CODE", REPO))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -28,7 +32,7 @@ class ServerProc:
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=CODE,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
@@ -130,13 +134,34 @@ def pg_backend_pids(url: str) -> list[int]:
 _HELP: list[str] = []
 
 
+def export_snapshot(revision: str) -> tuple[Path, str]:
+    """`git archive` the server code at `revision` into a temp dir: (dir, short rev)."""
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", revision],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = Path(tempfile.mkdtemp(prefix=f"versioner-code-{short}-"))
+    archive = subprocess.Popen(
+        ["git", "archive", short, "versioner_grpc", "clients/python", "protos"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {revision} failed")
+    return target, short
+
+
 def versioner_has_flag(flag: str) -> bool:
     """Whether this version of the server accepts `flag` (read from --help once)."""
     if not _HELP:
         _HELP.append(
             subprocess.run(
                 [sys.executable, "-m", "versioner_grpc", "--help"],
-                cwd=REPO,
+                cwd=CODE,
                 capture_output=True,
                 text=True,
             ).stdout
@@ -223,6 +248,10 @@ def machine_info() -> dict:
 
 
 def git_revision() -> str:
+    """The revision of the server code (with a digest of uncommitted changes, if any)."""
+    snapshot = os.environ.get("VERSIONER_BENCH_REV")
+    if snapshot:
+        return f"{snapshot} (snapshot)"
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True

@@ -48,6 +48,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _name(rpc: str) -> str:
+    """GetCurrent:hot -> GetCurrent (cached)."""
+    return rpc.replace(":hot", " (cached)")
+
+
 def verdict(value: float | None, target: float, higher: bool = True) -> str:
     if value is None:
         return f"{'≥' if higher else '≤'}{target:g} n/a"
@@ -143,8 +148,10 @@ def _unary_table(backend: str, label: str, rows: list[dict], checks: Checks) -> 
     for row in rows:
         n, v, rpc = row["null"], row["versioner"], row["rpc"]
         target = ""
-        applies = row["inflight"] == TARGET_INFLIGHT and (
-            rpc != "RecordEvent" or backend == "sqlite"
+        applies = (
+            row["inflight"] == TARGET_INFLIGHT
+            and rpc in UNARY_TARGETS
+            and (rpc != "RecordEvent" or backend == "sqlite")
         )
         if applies:
             target = checks.add(
@@ -155,7 +162,7 @@ def _unary_table(backend: str, label: str, rows: list[dict], checks: Checks) -> 
         errors = sum(v["errors"].values()) + sum(n["errors"].values())
         out.append(
             [
-                rpc,
+                _name(rpc),
                 row["inflight"],
                 n["calls_per_s"],
                 v["calls_per_s"],
@@ -208,13 +215,13 @@ def _scale(backend: str, sizes: dict[str, Any], checks: Checks) -> list[str]:
         a, b = row["versioner"]["calls_per_s"], big["calls_per_s"]
         value = round(b / a, 3) if a else None
         target = ""
-        if inflight == TARGET_INFLIGHT and rpc != "RecordEvent":
+        if inflight == TARGET_INFLIGHT and rpc in ("GetCurrent", "ListHistory"):
             target = checks.add(
                 f"{rpc} {large} vs {small}, {backend}, {inflight} in flight", value, SCALE_TARGET
             )
         rows.append(
             [
-                rpc,
+                _name(rpc),
                 inflight,
                 a,
                 b,
@@ -382,10 +389,13 @@ def _metrics(backend: str, label: str, metrics: dict[str, Any], checks: Checks) 
     return "\n".join(
         [
             f"\n{backend}, {label}: metrics ({1000:,} product x environment pairs)",
-            f"scrape of /metrics: {sc['series']:,} series, {sc['bytes'] / 1e6:.2f} MB, "
+            f"scrape of /metrics (gzip, as Prometheus asks): {sc['series']:,} series, "
+            f"{sc['bytes'] / 1e6:.2f} MB on the wire "
+            f"({sc.get('uncompressed_bytes', sc['bytes']) / 1e6:.2f} MB of text); after a write "
             f"{sc['seconds_median'] * 1000:.0f} ms median / {sc['seconds_max'] * 1000:.0f} ms max "
             f"over {sc['scrapes']} scrapes (collector's own reading "
-            f"{(sc['collector_seconds_median'] or 0) * 1000:.0f} ms)",
+            f"{(sc['collector_seconds_median'] or 0) * 1000:.0f} ms); repeated with no write "
+            f"in between {sc.get('hot_seconds_median', 0) * 1000:.0f} ms",
             f"RecordEvent, {rec['inflight']} in flight, in this order (on = /metrics served and "
             f"scraped from the start of the window, every {rec.get('scrape_interval', 5):g} s):",
             table(

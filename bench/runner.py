@@ -15,7 +15,7 @@ import grpc
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
-from bench.procs import REPO, CpuWindow, ServerProc, pg_backend_pids
+from bench.procs import CODE, CpuWindow, ServerProc, pg_backend_pids
 from bench.stats import latency_summary
 
 
@@ -25,7 +25,7 @@ class _Child:
     def __init__(self, argv: list[str]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, *argv],
-            cwd=REPO,
+            cwd=CODE,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
