@@ -27,7 +27,7 @@ class Store:
         url: str,
         *,
         sqlite_synchronous: str = "NORMAL",
-        readers: int = 4,
+        readers: int = 2,
         project_metrics: bool = True,
     ) -> None:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
