@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -206,6 +207,9 @@ def _run_on_snapshot(revision: str, argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = options.parse(argv)
+    if args.render:  # the tables again, from a saved JSON result
+        print(report.render(json.loads(Path(args.render).read_text())))
+        return 0
     if args.code and "VERSIONER_BENCH_CODE" not in os.environ:
         return _run_on_snapshot(args.code, argv)
     run = Run(args)

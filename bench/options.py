@@ -37,7 +37,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Versioner throughput and latency as ratios to a null gRPC service "
-        "(see BENCHMARKS.md). Full mode takes about 30 minutes; --quick about 3.",
+        "(see BENCHMARKS.md). Full mode takes about 20 minutes (30 with --repeat 2), "
+        "--quick about 3.",
     )
     p.add_argument(
         "--quick", action="store_true", help="short cells, sizes 10k,100k, SQLite-only watch suite"
@@ -68,8 +69,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--hot-concurrency",
         type=_ints,
-        default=[64],
-        help="calls in flight for the cached (hot) read cells [64]",
+        help="calls in flight for the cached (hot) read cells [64; quick: none]",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per cell (the median is kept)")
     p.add_argument("--load-procs", type=int, default=1, help="load processes sharing each cell")
@@ -108,12 +108,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scrape-interval",
         type=float,
-        help="seconds between scrapes while RecordEvent runs with metrics on [15; quick 3]",
+        help="seconds between scrapes while RecordEvent runs with metrics on [15; quick 2]",
     )
     p.add_argument(
         "--metrics-seconds",
         type=float,
-        help="measured seconds of each metrics on/off cell: one scrape interval [15; quick 3]",
+        help="measured seconds of each metrics on/off cell: one scrape interval [15; quick 2]",
     )
     p.add_argument(
         "--metrics-inflight",
@@ -127,6 +127,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="benchmark the server code of this git revision (e.g. HEAD), exported to a temp "
         "dir, instead of the working tree (which others may change during a long run)",
     )
+    p.add_argument("--render", metavar="JSON", help="print the tables of a saved result and exit")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and text report")
     p.add_argument(
         "--keep", action="store_true", help="keep the temp directory (databases, server logs)"
@@ -137,11 +138,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "seconds": 0.8 if quick else 4.0,
         "warmup": 0.3 if quick else 1.0,
         "sizes": [10_000, 100_000] if quick else [10_000, 1_000_000],
+        "hot_concurrency": [] if quick else [64],
         "cycles": 1_000 if quick else 10_000,
         "cycle_rounds": 1 if quick else 2,
         "scrapes": 3 if quick else 10,
-        "scrape_interval": 3.0 if quick else 15.0,
-        "metrics_seconds": 3.0 if quick else 15.0,
+        "scrape_interval": 2.0 if quick else 15.0,
+        "metrics_seconds": 2.0 if quick else 15.0,
         "watch_backends": ["sqlite"] if quick else list(args.backends),
     }
     for key, value in defaults.items():

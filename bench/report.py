@@ -136,7 +136,15 @@ def render(results: dict[str, Any]) -> str:
     parts.append(
         table(
             ["check", "value", "target", "result"],
-            [[c["check"], c["value"], c["target"], c["result"]] for c in checks.items],
+            [
+                [
+                    c["check"],
+                    "-" if c["value"] is None else f"{c['value']:.3g}",
+                    c["target"],
+                    c["result"],
+                ]
+                for c in checks.items
+            ],
         )
     )
     results["checks"] = checks.items

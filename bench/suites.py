@@ -123,7 +123,7 @@ def _paced_window(
     rate: float,
 ) -> dict[str, Any]:
     """Record at `rate` events/s for one window; what the watchers received meanwhile."""
-    t0 = time.time() + 0.5
+    t0 = time.time() + 0.3
     t1 = t0 + s.seconds
     proc.window(t0, t1)
     pool.start(
