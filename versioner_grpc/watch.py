@@ -20,7 +20,7 @@ import logging
 import select
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from versioner_grpc.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from versioner_grpc.domain.model import StoredEvent
@@ -47,7 +47,6 @@ class _Watcher:
     filters: Filters
     queue: asyncio.Queue
     overflowed: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class WatchHub:
@@ -95,10 +94,11 @@ class WatchHub:
         """End every stream with UNAVAILABLE (clients reconnect elsewhere) and stop."""
         self._closed = True
         for watcher in list(self._watchers):
+            # Buffered events can go: the client resumes from its last revision.
+            while not watcher.queue.empty():
+                watcher.queue.get_nowait()
             watcher.overflowed = False
-            with contextlib.suppress(asyncio.QueueFull):
-                watcher.queue.put_nowait(_CLOSED)
-            watcher.wake.set()
+            watcher.queue.put_nowait(_CLOSED)
         if self._listener is not None:
             self._listener.stop()
         for task in self._tasks:
@@ -155,7 +155,6 @@ class WatchHub:
                     watcher.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     watcher.overflowed = True
-                    watcher.wake.set()
             self.head = event.revision
 
     # Streams -----------------------------------------------------------------
