@@ -119,7 +119,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         parse = _parser(handler.request_deserializer)
         kwargs: dict[str, Any] = {
             "request_deserializer": None,
-            "response_serializer": _serializer(handler.response_serializer),
+            "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             inner_uu = handler.unary_unary
@@ -168,13 +168,6 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
             return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
         return handler  # client streaming: none in this server
-
-
-def _serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """Handlers may yield messages already encoded (bytes); those go out as they are."""
-    if serialize is None:
-        return None
-    return lambda message: message if isinstance(message, bytes) else serialize(message)
 
 
 def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:

@@ -13,7 +13,7 @@ import hashlib
 import json
 
 from versioner_grpc.domain.errors import invalid
-from versioner_grpc.store.reads import PageKey
+from versioner_grpc.domain.filters import PageKey
 
 _KEY = b"versioner.v1.ListHistory"
 

@@ -19,19 +19,18 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from versioner.v1 import deployment_service_pb2 as pb
-from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
+from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
-from versioner_grpc.service import DeploymentService
+from versioner_grpc.service import DeploymentService, add_to_server
 from versioner_grpc.store.store import Store
-from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
@@ -110,7 +109,7 @@ class Server:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.deployment_metrics = DeploymentMetrics(self.store.database)
+        self.deployment_metrics = DeploymentMetrics(self.store)
         self.health = HealthServicer()
         self.tokens: TokenFile | None = None
         self.grpc_port = 0
@@ -139,9 +138,7 @@ class Server:
             poll_interval=self.config.poll_interval,
         )
         await self.watch.start()
-        pb_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(self.store, self.watch), server
-        )
+        add_to_server(DeploymentService(self.store, self.watch), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [

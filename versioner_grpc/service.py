@@ -3,43 +3,52 @@
 Thin on purpose: validation lives in domain.validation, rules in domain.lifecycle
 and store.events, message conversion in convert, and error mapping in
 errors_grpc (applied by the interceptor).
+
+Some answers are sent pre-encoded (see encoded.py), so the servicer is
+registered with handlers of its own (`add_to_server`) rather than the generated
+add_DeploymentServiceServicer_to_server, whose serializers accept messages only.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from versioner.v1 import deployment_service_pb2 as pb
-from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from versioner_grpc import convert, pagetoken
 from versioner_grpc.auth import principal_name
+from versioner_grpc.cache import LruCache
+from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import invalid
-from versioner_grpc.domain.model import StoredEvent
-from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
-from versioner_grpc.store import reads
-from versioner_grpc.store.sql import Sql
+from versioner_grpc.domain.filters import Filters, PageKey
+from versioner_grpc.domain.model import Deployment, EnvironmentState, StoredEvent
+from versioner_grpc.domain.validation import validate_event, validate_filters
+from versioner_grpc.encoded import PreEncoded, serialize
 from versioner_grpc.store.store import Store
-from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
 
+SERVICE = "versioner.v1.DeploymentService"
 ENCODING_CACHE = 4096  # recent events' encoded watch messages
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+Context = grpc.aio.ServicerContext[Any, Any]
+WatchMessage = pb.WatchDeploymentsResponse | PreEncoded[pb.WatchDeploymentsResponse]
 
 
-class DeploymentService(pb_grpc.DeploymentServiceServicer):
+class DeploymentService:
     """The versioner.v1.DeploymentService servicer."""
 
     def __init__(self, store: Store, watch: WatchHub) -> None:
         self.store = store
         self.watch = watch
-        self._encodings: OrderedDict[int, bytes] = OrderedDict()
+        self._encodings: LruCache[int, PreEncoded[pb.WatchDeploymentsResponse]] = LruCache(
+            ENCODING_CACHE
+        )
 
     async def RecordEvent(
-        self, request: pb.RecordEventRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RecordEventRequest, context: Context
     ) -> pb.RecordEventResponse:
         has_metadata = request.HasField("extra_metadata")
         event = validate_event(
@@ -64,48 +73,42 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)
 
     async def GetCurrent(
-        self, request: pb.GetCurrentRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetCurrentResponse:
+        self, request: pb.GetCurrentRequest, context: Context
+    ) -> PreEncoded[pb.GetCurrentResponse]:
         filters = validate_filters(
             product=request.product_name, environment=request.environment_name
         )
 
-        def answer(sql: Sql) -> tuple[bytes, int]:
-            states = reads.current_states(sql, filters.product, filters.environment)
-            revision = reads.head_revision(sql)
+        def encode(states: list[EnvironmentState], revision: int) -> bytes:
             response = pb.GetCurrentResponse(
                 states=[convert.state(s) for s in states], revision=revision
             )
-            return response.SerializeToString(), revision
+            return response.SerializeToString()
 
-        key = ("GetCurrent", filters.product, filters.environment)
-        return await self.store.read_cached(key, answer)  # type: ignore[return-value]
+        return PreEncoded(await self.store.current(filters.product, filters.environment, encode))
 
     async def ListHistory(
-        self, request: pb.ListHistoryRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListHistoryResponse:
+        self, request: pb.ListHistoryRequest, context: Context
+    ) -> PreEncoded[pb.ListHistoryResponse]:
         filters = _filters(request)
         if request.page_size < 0:
             raise invalid("page_size", "must not be negative")
         limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = pagetoken.decode(filters.key(), request.page_token) if request.page_token else None
 
-        def answer(sql: Sql) -> tuple[bytes, int]:
-            page, next_key = reads.history_page(sql, filters, after, limit)
-            revision = reads.head_revision(sql)
+        def encode(page: list[Deployment], next_key: PageKey | None, revision: int) -> bytes:
             response = pb.ListHistoryResponse(
                 deployments=[convert.deployment(d) for d in page],
                 next_page_token=pagetoken.encode(filters.key(), next_key) if next_key else "",
                 revision=revision,
             )
-            return response.SerializeToString(), revision
+            return response.SerializeToString()
 
-        key = ("ListHistory", filters.key(), after, limit)
-        return await self.store.read_cached(key, answer)  # type: ignore[return-value]
+        return PreEncoded(await self.store.history(filters, after, limit, encode))
 
     async def WatchDeployments(
-        self, request: pb.WatchDeploymentsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchDeploymentsResponse | bytes]:
+        self, request: pb.WatchDeploymentsRequest, context: Context
+    ) -> AsyncIterator[WatchMessage]:
         filters = validate_filters(
             product=request.product_name,
             environment=request.environment_name,
@@ -120,22 +123,47 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             else:
                 yield self._encoded(item)
 
-    def _encoded(self, event: StoredEvent) -> bytes:
+    def _encoded(self, event: StoredEvent) -> PreEncoded[pb.WatchDeploymentsResponse]:
         """The event's WatchDeploymentsResponse, encoded once for every watcher.
 
-        The interceptor passes bytes through unserialized, so fanning an event out
-        to a thousand streams costs one conversion, not a thousand.
+        Fanning an event out to a thousand streams costs one conversion, not a
+        thousand.
         """
         cached = self._encodings.get(event.revision)
         if cached is None:
-            message = pb.WatchDeploymentsResponse(
-                revision=event.revision, event=convert.event(event)
+            cached = PreEncoded.of(
+                pb.WatchDeploymentsResponse(revision=event.revision, event=convert.event(event))
             )
-            cached = message.SerializeToString()
-            self._encodings[event.revision] = cached
-            if len(self._encodings) > ENCODING_CACHE:
-                self._encodings.popitem(last=False)
+            self._encodings.put(event.revision, cached)
         return cached
+
+
+def add_to_server(service: DeploymentService, server: grpc.aio.Server) -> None:
+    """Register `service` on `server`, with serializers that send PreEncoded as it is."""
+    handlers = {
+        "RecordEvent": grpc.unary_unary_rpc_method_handler(
+            service.RecordEvent,
+            request_deserializer=pb.RecordEventRequest.FromString,
+            response_serializer=serialize,
+        ),
+        "GetCurrent": grpc.unary_unary_rpc_method_handler(
+            service.GetCurrent,
+            request_deserializer=pb.GetCurrentRequest.FromString,
+            response_serializer=serialize,
+        ),
+        "ListHistory": grpc.unary_unary_rpc_method_handler(
+            service.ListHistory,
+            request_deserializer=pb.ListHistoryRequest.FromString,
+            response_serializer=serialize,
+        ),
+        "WatchDeployments": grpc.unary_stream_rpc_method_handler(
+            service.WatchDeployments,
+            request_deserializer=pb.WatchDeploymentsRequest.FromString,
+            response_serializer=serialize,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def _filters(request: pb.ListHistoryRequest) -> Filters:

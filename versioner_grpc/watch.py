@@ -4,7 +4,8 @@ One consumer task advances `head`, the revision up to which every stored event
 has been handed to every live watcher, strictly in revision order. Events come
 from this replica's writer (taken straight from memory when they follow `head`)
 or, when there is a gap, from the store, which other replicas also write to;
-PostgreSQL NOTIFY and a slow poll say when to look.
+the store's word of writes elsewhere (PostgreSQL NOTIFY) and a slow poll say
+when to look.
 
 A watcher registers before it catches up from the store, then drops from its
 live queue whatever the catch-up already covered. Each watcher has a bounded
@@ -15,31 +16,18 @@ its last revision; nobody else waits for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import select
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from versioner_grpc.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from versioner_grpc.domain.filters import Filters
 from versioner_grpc.domain.model import StoredEvent
-from versioner_grpc.domain.validation import Filters
-from versioner_grpc.logs import fields
 from versioner_grpc.store.store import Store
 
 log = logging.getLogger("versioner.watch")
 CATCH_UP_PAGE = 500
 _CLOSED = object()
-
-
-def matches(filters: Filters, event: StoredEvent) -> bool:
-    d = event.deployment
-    return (
-        (not filters.product or d.product == filters.product)
-        and (not filters.environment or d.environment == filters.environment)
-        and (not filters.statuses or event.status in filters.statuses)
-    )
 
 
 @dataclass(eq=False)
@@ -72,7 +60,7 @@ class WatchHub:
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._listener: _PostgresListener | None = None
+        self._stop_listening: Callable[[], None] = lambda: None
 
     @property
     def watchers(self) -> int:
@@ -86,9 +74,7 @@ class WatchHub:
             asyncio.create_task(self._consume(), name="watch-consume"),
             asyncio.create_task(self._poll(), name="watch-poll"),
         ]
-        if self.store.database.is_postgres:
-            self._listener = _PostgresListener(self.store.database.url, self.poke)
-            self._listener.start()
+        self._stop_listening = self.store.on_external_write(self.poke)
 
     async def close(self) -> None:
         """End every stream with UNAVAILABLE (clients reconnect elsewhere) and stop."""
@@ -99,8 +85,7 @@ class WatchHub:
                 watcher.queue.get_nowait()
             watcher.overflowed = False
             watcher.queue.put_nowait(_CLOSED)
-        if self._listener is not None:
-            self._listener.stop()
+        self._stop_listening()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -149,7 +134,7 @@ class WatchHub:
     def _deliver(self, events: list[StoredEvent]) -> None:
         for event in events:
             for watcher in self._watchers:
-                if watcher.overflowed or not matches(watcher.filters, event):
+                if watcher.overflowed or not watcher.filters.matches_event(event):
                     continue
                 try:
                     watcher.queue.put_nowait(event)
@@ -216,43 +201,3 @@ class WatchHub:
             if item.revision > sent:
                 sent = item.revision
                 yield item
-
-
-class _PostgresListener:
-    """LISTEN versioner_events on a connection of its own; pokes the hub on NOTIFY."""
-
-    def __init__(self, url: str, poke: Callable[[], None]) -> None:
-        self.url = url
-        self.poke = poke
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="versioner-listen", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        import psycopg2
-
-        while not self._stop.is_set():
-            conn = None
-            try:
-                conn = psycopg2.connect(self.url, connect_timeout=5)
-                conn.autocommit = True
-                conn.cursor().execute("LISTEN versioner_events")
-                self.poke()  # we may have missed notifications while reconnecting
-                while not self._stop.is_set():
-                    if select.select([conn], [], [], 1.0)[0]:
-                        conn.poll()
-                        if conn.notifies:
-                            conn.notifies.clear()
-                            self.poke()
-            except Exception as exc:
-                log.warning("LISTEN connection lost: %s", exc, extra=fields(event="listen_lost"))
-                self._stop.wait(1.0)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()

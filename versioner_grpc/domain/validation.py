@@ -6,15 +6,14 @@ client fixes its call in one round trip.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 import uuid
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from versioner_grpc.domain.errors import InvalidArgument
+from versioner_grpc.domain.filters import Filters
 from versioner_grpc.domain.model import EventInput, Status
 
 MAX_PRODUCT = 255
@@ -135,33 +134,6 @@ def validate_event(
         scm_commit_time=scm_commit_time,
         recorded_by=recorded_by,
     )
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which deployments or events a reader wants; empty means all."""
-
-    product: str = ""
-    environment: str = ""
-    statuses: frozenset[Status] = frozenset()
-    version: str = ""
-    deployed_by: str = ""
-    since: int | None = None
-    until: int | None = None
-
-    def key(self) -> str:
-        """A stable text form, so a page token can prove it belongs to these filters."""
-        return json.dumps(
-            [
-                self.product,
-                self.environment,
-                sorted(int(s) for s in self.statuses),
-                self.version,
-                self.deployed_by,
-                self.since,
-                self.until,
-            ]
-        )
 
 
 def validate_filters(

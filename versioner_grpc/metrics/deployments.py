@@ -7,23 +7,22 @@ events are included. Versions appear only in versioner_current_version_info.
 The text is rendered here rather than through prometheus_client's metric
 families: with 1,000 product-environment pairs a scrape holds ~100k samples,
 and building them as library objects took a second of CPU (and the GIL) per
-scrape; direct rendering takes a fraction of that. The result is cached by the
-store's head revision, since the projection changes only when an event does.
+scrape; direct rendering takes a fraction of that. The store caches the result by
+its head revision, since the projection changes only when an event does.
 """
 
 from __future__ import annotations
 
 import platform
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 
 from versioner_grpc import __version__
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.domain.model import TERMINAL, EnvironmentType, Status
-from versioner_grpc.store import projection, reads
-from versioner_grpc.store.database import Database
+from versioner_grpc.store import projection
+from versioner_grpc.store.reads import MetricRows
+from versioner_grpc.store.store import Store
 
 HISTOGRAMS = {
     projection.DURATION: (
@@ -59,16 +58,13 @@ def _header(lines: list[str], name: str, kind: str, help_text: str) -> None:
 class DeploymentMetrics:
     """Renders the deployment metric families (Prometheus text format 0.0.4)."""
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self._cached: tuple[int, str] | None = None
-        self._lock = threading.Lock()
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def exposition(self) -> str:
         started = time.perf_counter()
         try:
-            with self.database.db.connection_context():
-                body = self.database.call(self._render_cached)
+            body = self.store.metrics_text(render)
             up = 1
         except Unavailable:
             body, up = "", 0
@@ -89,41 +85,18 @@ class DeploymentMetrics:
         lines.append(f"versioner_scrape_duration_seconds {time.perf_counter() - started}")
         return body + "\n".join(lines) + "\n"
 
-    def _render_cached(self) -> str:
-        sql = self.database.sql
-        head = reads.head_revision(sql)
-        with self._lock:
-            if self._cached is not None and self._cached[0] == head:
-                return self._cached[1]
-        with self.database.db.atomic():
-            revision = reads.head_revision(sql)
-            counters = sql.rows(
-                "SELECT product, environment, metric, status, count, sum, last FROM metric_counter"
-            )
-            buckets = sql.rows(
-                "SELECT product, environment, metric, status, bucket, count FROM metric_bucket"
-            )
-            places = sql.rows(
-                "SELECT s.product, s.environment, s.environment_type, s.in_progress, d.version "
-                "FROM current_state s LEFT JOIN deployment d ON d.id = s.current_id "
-                "ORDER BY s.product, s.environment"
-            )
-        text = render(counters, buckets, places)
-        with self._lock:
-            self._cached = (revision, text)
-        return text
 
-
-def render(counters: Iterable[tuple], buckets: Iterable[tuple], places: list[tuple]) -> str:
+def render(rows: MetricRows) -> str:
     """The deployment metric families from the projection rows."""
+    counters, buckets, places = rows.counters, rows.buckets, rows.places
     where = {(p, e): f'environment="{_escape(e)}",product="{_escape(p)}"' for p, e, *_ in places}
     env_types = {(p, e): ENV_TYPE[EnvironmentType(t)] for p, e, t, _, _ in places}
     # Every known place exports every terminal status and its rollbacks, at 0 until
     # the first one: rate() cannot see the increment that creates a series.
     deployments = {(p, e, int(s)): 0 for (p, e) in where for s in sorted(TERMINAL)}
     rollbacks = dict.fromkeys(where, 0)
-    last: dict[tuple, int] = {}
-    sums: dict[tuple, tuple[int, float]] = {}
+    last: dict[tuple[str, str, int], int] = {}
+    sums: dict[tuple[str, str, str, int], tuple[int, float]] = {}
     for product, env, metric, status, count, total, last_time in counters:
         if (product, env) not in where:
             continue
@@ -134,7 +107,7 @@ def render(counters: Iterable[tuple], buckets: Iterable[tuple], places: list[tup
             rollbacks[(product, env)] = count
         elif metric in HISTOGRAMS:
             sums[(metric, product, env, status)] = (count, total)
-    per_bucket: dict[tuple, dict[int, int]] = defaultdict(dict)
+    per_bucket: dict[tuple[str, str, str, int], dict[int, int]] = defaultdict(dict)
     for product, env, metric, status, bucket, count in buckets:
         per_bucket[(metric, product, env, status)][bucket] = count
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
+from playhouse import db_url
 
 from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.store.schema import Models, define_models, migrate
@@ -57,6 +58,14 @@ class Database:
             with self.db.atomic(lock_type="IMMEDIATE"):
                 yield
 
+    @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[None]:
+        """A read-only transaction over one consistent snapshot."""
+        with self.db.atomic():
+            if self.is_postgres:
+                self.db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on this thread's connection; connection failures become Unavailable."""
         try:
@@ -68,12 +77,9 @@ class Database:
 
     def reset_connection(self) -> None:
         """Drop this thread's connection (it may be broken); the next call reconnects."""
-        state = self.db._state
-        conn = state.conn
-        state.reset()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        # close() forgets the connection even when closing it fails.
+        with contextlib.suppress(Exception):
+            self.db.close()
 
     def ping(self) -> bool:
         """True when a trivial query succeeds."""
@@ -89,16 +95,18 @@ class Database:
 
 
 def open_database(url: str, *, sqlite_synchronous: str = "NORMAL") -> pw.Database:
-    """`sqlite:///relative.db`, `sqlite:////absolute.db`, `postgresql://user@host:port/db`."""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        if not path:
-            raise ValueError(f"no file in database URL {url!r}")
+    """`sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite:///:memory:`,
+    `postgresql://user:password@host:port/db` (parsed by playhouse.db_url)."""
+    scheme = urlsplit(url).scheme
+    params = db_url.parse(url, unquote_password=True, unquote_user=True)
+    database = unquote(params.pop("database", ""))
+    if scheme == "sqlite":
+        if not urlsplit(url).path.lstrip("/") or urlsplit(url).netloc:
+            raise ValueError(f"no file in database URL {url!r}: use sqlite:///path")
         if sqlite_synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("sqlite synchronous must be NORMAL or FULL")
         return pw.SqliteDatabase(
-            path,
+            database,
             pragmas={
                 "journal_mode": "wal",
                 # NORMAL in WAL mode: a commit survives a process crash (kill -9);
@@ -109,15 +117,11 @@ def open_database(url: str, *, sqlite_synchronous: str = "NORMAL") -> pw.Databas
                 "cache_size": -64_000,
             },
             check_same_thread=False,
+            **params,
         )
-    if parts.scheme in ("postgresql", "postgres"):
+    if scheme in ("postgresql", "postgres"):
         return pw.PostgresqlDatabase(
-            unquote(parts.path.lstrip("/")) or "postgres",
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            host=parts.hostname or None,
-            port=parts.port or None,
-            connect_timeout=5,
-            application_name="versioner",
+            database or "postgres",
+            **{"connect_timeout": 5, "application_name": "versioner", **params},
         )
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")

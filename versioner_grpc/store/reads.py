@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from versioner_grpc.domain.filters import Filters, PageKey
 from versioner_grpc.domain.model import (
     Deployment,
     EnvironmentState,
@@ -11,7 +13,6 @@ from versioner_grpc.domain.model import (
     Status,
     StoredEvent,
 )
-from versioner_grpc.domain.validation import Filters
 from versioner_grpc.store.codec import deployment_from_snapshot, deployment_from_tuple
 from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, Sql
 
@@ -28,13 +29,7 @@ def oldest_revision(sql: Sql) -> int:
 
 def current_states(sql: Sql, product: str = "", environment: str = "") -> list[EnvironmentState]:
     """What runs where: one row per (product, environment) matching; a lookup, not a scan."""
-    where, params = [], []
-    if product:
-        where.append("product = ?")
-        params.append(product)
-    if environment:
-        where.append("environment = ?")
-        params.append(environment)
+    where, params = _where(Filters(product, environment), _FILTERABLE_PLACE, times=False)
     rows = sql.rows(
         "SELECT product, environment, environment_type, current_id, latest_id "
         "FROM current_state" + (" WHERE " + " AND ".join(where) if where else "")
@@ -62,19 +57,11 @@ def current_states(sql: Sql, product: str = "", environment: str = "") -> list[E
     ]
 
 
-@dataclass(frozen=True)
-class PageKey:
-    """Keyset position: the last (create_time, id) a page returned."""
-
-    create_time: int
-    id: str
-
-
 def history_page(
     sql: Sql, filters: Filters, after: PageKey | None, limit: int
 ) -> tuple[list[Deployment], PageKey | None]:
     """Deployments newest first, after the keyset position; the key of the next page."""
-    where, params = _deployment_filters(filters)
+    where, params = _where(filters, _FILTERABLE_DEPLOYMENT, times=True)
     if after is not None:
         where.append("(create_time < ? OR (create_time = ? AND id < ?))")
         params += [after.create_time, after.create_time, after.id]
@@ -89,21 +76,30 @@ def history_page(
     return page, (PageKey(page[-1].create_time, page[-1].id) if more and page else None)
 
 
-def _deployment_filters(filters: Filters) -> tuple[list[str], list]:
+# Columns each table has for the Filters criteria (each also has a status: the
+# event's own on event rows); current_state rows are places, product x environment.
+_FILTERABLE_DEPLOYMENT = {"product", "environment", "version", "deployed_by"}
+_FILTERABLE_EVENT = {
+    "product",
+    "environment",
+}
+_FILTERABLE_PLACE = {"product", "environment"}
+
+
+def _where(filters: Filters, columns: set[str], times: bool) -> tuple[list[str], list[Any]]:
+    """SQL for `Filters.matches` over a table with `columns` (and create_time if `times`)."""
     where: list[str] = []
-    params: list = []
-    for column, value in (
-        ("product", filters.product),
-        ("environment", filters.environment),
-        ("version", filters.version),
-        ("deployed_by", filters.deployed_by),
-    ):
-        if value:
-            where.append(f"{column} = ?")
-            params.append(value)
+    params: list[Any] = []
+    for column, value in filters.equalities().items():
+        if column not in columns:
+            raise ValueError(f"cannot filter this table by {column}")
+        where.append(f"{column} = ?")
+        params.append(value)
     if filters.statuses:
         where.append(f"status IN ({', '.join('?' * len(filters.statuses))})")
         params += sorted(int(s) for s in filters.statuses)
+    if (filters.since is not None or filters.until is not None) and not times:
+        raise ValueError("cannot filter this table by time")
     if filters.since is not None:
         where.append("create_time >= ?")
         params.append(filters.since)
@@ -117,17 +113,12 @@ def events_after(
     sql: Sql, revision: int, limit: int, filters: Filters | None = None
 ) -> list[StoredEvent]:
     """Stored events with a revision above `revision`, oldest first, matching `filters`."""
-    where, params = ["revision > ?"], [revision]
+    where: list[str] = ["revision > ?"]
+    params: list[Any] = [revision]
     if filters is not None:
-        if filters.product:
-            where.append("product = ?")
-            params.append(filters.product)
-        if filters.environment:
-            where.append("environment = ?")
-            params.append(filters.environment)
-        if filters.statuses:
-            where.append(f"status IN ({', '.join('?' * len(filters.statuses))})")
-            params += sorted(int(s) for s in filters.statuses)
+        more, more_params = _where(filters, _FILTERABLE_EVENT, times=False)
+        where += more
+        params += more_params
     rows = sql.rows(
         "SELECT revision, event_id, status, event_time, record_time, snapshot, recorded_by "
         f"FROM event WHERE {' AND '.join(where)} ORDER BY revision LIMIT ?",
@@ -158,3 +149,36 @@ def events_page(
     events = events_after(sql, after, limit, filters)
     covered = events[-1].revision if len(events) == limit else max(after, head_revision(sql))
     return events, covered
+
+
+@dataclass(frozen=True)
+class MetricRows:
+    """The metric projection at one revision, as the exposition renders it.
+
+    counters: (product, environment, metric, status, count, sum, last);
+    buckets: (product, environment, metric, status, bucket, count);
+    places: (product, environment, environment_type, in_progress, current version or None).
+    """
+
+    revision: int
+    counters: list[tuple[str, str, str, int, int, float, int]]
+    buckets: list[tuple[str, str, str, int, int, int]]
+    places: list[tuple[str, str, int, int, str | None]]
+
+
+def metric_rows(sql: Sql) -> MetricRows:
+    """Everything the deployment metrics are rendered from (run inside one snapshot)."""
+    return MetricRows(
+        revision=head_revision(sql),
+        counters=sql.rows(
+            "SELECT product, environment, metric, status, count, sum, last FROM metric_counter"
+        ),
+        buckets=sql.rows(
+            "SELECT product, environment, metric, status, bucket, count FROM metric_bucket"
+        ),
+        places=sql.rows(
+            "SELECT s.product, s.environment, s.environment_type, s.in_progress, d.version "
+            "FROM current_state s LEFT JOIN deployment d ON d.id = s.current_id "
+            "ORDER BY s.product, s.environment"
+        ),
+    )

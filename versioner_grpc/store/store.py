@@ -1,4 +1,8 @@
-"""The store as the service sees it: async reads on a thread pool, writes via the writer."""
+"""The store as the rest of the server sees it: its one interface to the database.
+
+Async reads run on a thread pool, writes go through the single writer; callers
+get domain values (or answers they encoded themselves) and never SQL.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,25 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
-from versioner_grpc.domain.validation import Filters
+from versioner_grpc.cache import LruCache
+from versioner_grpc.domain.filters import Filters, PageKey
+from versioner_grpc.domain.model import (
+    Deployment,
+    EnvironmentState,
+    EventInput,
+    RecordResult,
+    StoredEvent,
+)
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
-from versioner_grpc.store.read_cache import RevisionCache
+from versioner_grpc.store.notify import PostgresListener
+from versioner_grpc.store.reads import MetricRows
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
 
 T = TypeVar("T")
+READ_CACHE_ENTRIES = 512
+READ_CACHE_MAX_BYTES = 256 * 1024
 
 
 class Store:
@@ -33,7 +47,12 @@ class Store:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
-        self.cache = RevisionCache()
+        self._listeners: list[PostgresListener] = []
+        # GetCurrent and ListHistory answers, valid while the head revision is unchanged.
+        self._answers: LruCache[Hashable, bytes] = LruCache(
+            READ_CACHE_ENTRIES, size=len, max_size=READ_CACHE_MAX_BYTES
+        )
+        self._metrics: LruCache[str, str] = LruCache(1)
         self.writer = Writer(
             self.database, on_commit=self._committed, project_metrics=project_metrics
         )
@@ -46,9 +65,13 @@ class Store:
         return applied
 
     def close(self) -> None:
+        for listener in self._listeners:
+            listener.stop()
         self.writer.stop()
         self._readers.submit(self.database.close).result()
         self._readers.shutdown(wait=True)
+
+    # News of writes ----------------------------------------------------------
 
     def subscribe(self, callback: Callable[[list[StoredEvent]], None]) -> None:
         """Call `callback` (on the writer thread) with each batch of committed events."""
@@ -58,59 +81,23 @@ class Store:
         for callback in self._subscribers:
             callback(events)
 
+    def on_external_write(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (on another thread) when another process may have written.
+
+        Only PostgreSQL has other writers to hear from; returns a function that
+        stops the calls.
+        """
+        if not self.database.is_postgres:
+            return lambda: None
+        listener = PostgresListener(self.database.url, callback)
+        self._listeners.append(listener)
+        listener.start()
+        return listener.stop
+
+    # Writes ------------------------------------------------------------------
+
     async def record(self, event: EventInput) -> RecordResult:
         return await self.writer.record(event)
-
-    async def read(self, question: Callable[[Sql], T]) -> T:
-        """Answer `question` on a reader thread, inside one consistent snapshot."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read_sync, question)
-
-    def _read_sync(self, question: Callable[[Sql], T]) -> T:
-        def run() -> T:
-            with self._snapshot():
-                return question(self.database.sql)
-
-        return self.database.call(run)
-
-    async def read_cached(
-        self, key: Hashable, question: Callable[[Sql], tuple[bytes, int]]
-    ) -> bytes:
-        """An encoded answer: from the cache while the head revision is unchanged.
-
-        `question` runs in a snapshot on a reader thread and returns the encoded
-        answer and the revision it was read at.
-        """
-
-        def run() -> bytes:
-            sql = self.database.sql
-            hit = self.cache.get(key, reads.head_revision(sql))
-            if hit is not None:
-                return hit
-            with self._snapshot():
-                answer, revision = question(sql)
-            self.cache.put(key, revision, answer)
-            return answer
-
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.database.call, run)
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        db = self.database.db
-        with db.atomic():
-            if self.database.is_postgres:
-                db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield
-
-    async def events_page(
-        self, after: int, limit: int, filters: Filters | None = None
-    ) -> tuple[list[StoredEvent], int]:
-        return await self.read(lambda sql: reads.events_page(sql, after, limit, filters))
-
-    async def revisions(self) -> tuple[int, int]:
-        """(oldest, newest) stored revision; (0, 0) when empty."""
-        return await self.read(lambda sql: (reads.oldest_revision(sql), reads.head_revision(sql)))
 
     async def compact(self, older_than: int) -> int:
         """Delete events recorded before `older_than` (µs), always keeping the newest one.
@@ -124,7 +111,7 @@ class Store:
             with self.database.write_transaction():
                 self.database.lock_appends()
                 head = reads.head_revision(self.database.sql)
-                deleted = (
+                deleted: int = (
                     m.Event.delete()
                     .where((m.Event.record_time < older_than) & (m.Event.revision < head))
                     .execute()
@@ -135,6 +122,105 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.database.call, run)
 
+    # Reads -------------------------------------------------------------------
+
+    async def current(
+        self,
+        product: str,
+        environment: str,
+        encode: Callable[[list[EnvironmentState], int], bytes],
+    ) -> bytes:
+        """What runs where, as `encode(states, revision)` made it (cached per revision)."""
+
+        def question(sql: Sql) -> tuple[bytes, int]:
+            revision = reads.head_revision(sql)
+            return encode(reads.current_states(sql, product, environment), revision), revision
+
+        return await self._read_cached(("current", product, environment), question)
+
+    async def history(
+        self,
+        filters: Filters,
+        after: PageKey | None,
+        limit: int,
+        encode: Callable[[list[Deployment], PageKey | None, int], bytes],
+    ) -> bytes:
+        """A history page, as `encode(page, next_key, revision)` made it (cached per revision)."""
+
+        def question(sql: Sql) -> tuple[bytes, int]:
+            revision = reads.head_revision(sql)
+            page, next_key = reads.history_page(sql, filters, after, limit)
+            return encode(page, next_key, revision), revision
+
+        return await self._read_cached(("history", filters.key(), after, limit), question)
+
+    async def events_page(
+        self, after: int, limit: int, filters: Filters | None = None
+    ) -> tuple[list[StoredEvent], int]:
+        """Matching events after revision `after`, and the revision the page covers."""
+        return await self._read(lambda sql: reads.events_page(sql, after, limit, filters))
+
+    async def revisions(self) -> tuple[int, int]:
+        """(oldest, newest) stored revision; (0, 0) when empty."""
+        return await self._read(lambda sql: (reads.oldest_revision(sql), reads.head_revision(sql)))
+
+    def metrics_text(self, render: Callable[[MetricRows], str]) -> str:
+        """The metric projection as `render` writes it, on the calling thread.
+
+        Cached while the head revision is unchanged (a scrape then costs one
+        indexed lookup). Raises Unavailable when the database cannot be read.
+        """
+
+        def run() -> str:
+            sql = self.database.sql
+            cached = self._metrics.get("", reads.head_revision(sql))
+            if cached is not None:
+                return cached
+            with self._snapshot():
+                rows = reads.metric_rows(sql)
+            text = render(rows)
+            self._metrics.put("", text, rows.revision)
+            return text
+
+        with self.database.db.connection_context():
+            return self.database.call(run)
+
     async def ping(self) -> bool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.database.ping)
+
+    async def _read(self, question: Callable[[Sql], T]) -> T:
+        """Answer `question` on a reader thread, inside one consistent snapshot."""
+
+        def run() -> T:
+            with self._snapshot():
+                return question(self.database.sql)
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.call, run)
+
+    async def _read_cached(
+        self, key: Hashable, question: Callable[[Sql], tuple[bytes, int]]
+    ) -> bytes:
+        """An encoded answer: from the cache while the head revision is unchanged.
+
+        `question` runs in a snapshot on a reader thread and returns the encoded
+        answer and the revision it was read at.
+        """
+
+        def run() -> bytes:
+            hit = self._answers.get(key, reads.head_revision(self.database.sql))
+            if hit is not None:
+                return hit
+            with self._snapshot():
+                answer, revision = question(self.database.sql)
+            self._answers.put(key, answer, revision)
+            return answer
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.call, run)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        with self.database.read_transaction():
+            yield

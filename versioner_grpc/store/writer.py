@@ -1,8 +1,9 @@
 """The single writer: one thread, group commit.
 
 Concurrent RecordEvents queue up; the writer takes everything waiting (up to a
-batch limit) and applies it in one transaction, each event in its own savepoint
-so one rejected event does not sink the others. Every caller is answered only
+batch limit) and applies it in one transaction. A rejected event writes nothing
+(apply_event checks every rule before it writes), so it does not sink the
+others; see `_commit` for what happens on a bug. Every caller is answered only
 after the commit, so an acknowledged event is durable. Blocking database work
 never runs on the event loop.
 """
@@ -13,21 +14,18 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.store.database import Database
 from versioner_grpc.store.events import apply_event
+from versioner_grpc.store.notify import CHANNEL
 from versioner_grpc.store.reads import head_revision
 
 log = logging.getLogger(__name__)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -125,7 +123,7 @@ class Writer:
                         stored.append(result.event)
                         revision += 1
                 if stored and db.is_postgres:
-                    db.sql.run("SELECT pg_notify('versioner_events', ?)", (str(revision - 1),))
+                    db.sql.run("SELECT pg_notify(?, ?)", (CHANNEL, str(revision - 1)))
 
         try:
             db.call(transaction)

@@ -1,0 +1,72 @@
+"""What a reader asks for, and the one rule that says whether a deployment matches.
+
+History pages, event pages and the live watch all select with `Filters`: the
+store turns `criteria()` into SQL, the watch hub applies `matches()` in memory,
+so the three can only differ if this module does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from versioner_grpc.domain.model import Deployment, Status, StoredEvent
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which deployments or events a reader wants; empty means all."""
+
+    product: str = ""
+    environment: str = ""
+    statuses: frozenset[Status] = frozenset()
+    version: str = ""
+    deployed_by: str = ""
+    since: int | None = None  # create_time >= since
+    until: int | None = None  # create_time < until
+
+    def key(self) -> str:
+        """A stable text form, so a page token can prove it belongs to these filters."""
+        return json.dumps(
+            [
+                self.product,
+                self.environment,
+                sorted(int(s) for s in self.statuses),
+                self.version,
+                self.deployed_by,
+                self.since,
+                self.until,
+            ]
+        )
+
+    def equalities(self) -> dict[str, str]:
+        """The text fields that must be equal, by Deployment attribute name (set ones only)."""
+        fields = {
+            "product": self.product,
+            "environment": self.environment,
+            "version": self.version,
+            "deployed_by": self.deployed_by,
+        }
+        return {name: value for name, value in fields.items() if value}
+
+    def matches(self, deployment: Deployment, status: Status | None = None) -> bool:
+        """Whether `deployment` (with `status` in place of its own, for an event) is wanted."""
+        if any(getattr(deployment, name) != value for name, value in self.equalities().items()):
+            return False
+        if self.statuses and (deployment.status if status is None else status) not in self.statuses:
+            return False
+        if self.since is not None and deployment.create_time < self.since:
+            return False
+        return self.until is None or deployment.create_time < self.until
+
+    def matches_event(self, event: StoredEvent) -> bool:
+        """An event matches by the deployment it produced and its own status."""
+        return self.matches(event.deployment, event.status)
+
+
+@dataclass(frozen=True)
+class PageKey:
+    """Keyset position in the history: the last (create_time, id) a page returned."""
+
+    create_time: int
+    id: str
