@@ -7,6 +7,7 @@ product/environment pairs; the load asks about the same pairs.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from versioner.v1 import deployment_service_pb2 as pb
 
@@ -78,7 +79,16 @@ def sample_event(revision: int = 1) -> StoredEvent:
     )
 
 
-def null_responses() -> dict[str, object]:
+@dataclass(frozen=True)
+class NullResponses:
+    """What the null service answers."""
+
+    record: pb.RecordEventResponse
+    current: pb.GetCurrentResponse
+    history: pb.ListHistoryResponse
+
+
+def null_responses() -> NullResponses:
     """Prebuilt responses of the same shape as Versioner's real answers."""
     record = pb.RecordEventResponse(event=convert.event(sample_event(1)), duplicate=False)
     state = EnvironmentState(
@@ -95,4 +105,4 @@ def null_responses() -> dict[str, object]:
         next_page_token="x" * 118,
         revision=123_456,
     )
-    return {"RecordEvent": record, "GetCurrent": current, "ListHistory": history}
+    return NullResponses(record, current, history)

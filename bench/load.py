@@ -46,7 +46,9 @@ STATUS_STARTED = pb.DEPLOYMENT_STATUS_STARTED
 STATUS_COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
 
 
-def record_request(product: str, env: str, version: str, status: int) -> pb.RecordEventRequest:
+def record_request(
+    product: str, env: str, version: str, status: pb.DeploymentStatus
+) -> pb.RecordEventRequest:
     """A CI pipeline's report: every field a real one sends, a fresh event_id."""
     request = pb.RecordEventRequest(
         product_name=product,
@@ -72,7 +74,7 @@ class _Recorder:
 
     def __init__(self, tag: str, slot: int) -> None:
         self.tag, self.slot, self.n = tag, slot, 0
-        self.pending: list[tuple[str, str, str, int]] = []
+        self.pending: list[tuple[str, str, str, pb.DeploymentStatus]] = []
 
     def next(self) -> pb.RecordEventRequest:
         if not self.pending:
@@ -110,6 +112,7 @@ async def unary(spec: dict[str, Any]) -> dict[str, Any]:
             recorder = _Recorder(tag, index)
             while True:
                 n = next(sequence)
+                request: pb.RecordEventRequest | pb.GetCurrentRequest | pb.ListHistoryRequest
                 if rpc == "RecordEvent":
                     request = recorder.next()
                 elif rpc == "GetCurrent":
@@ -122,7 +125,7 @@ async def unary(spec: dict[str, Any]) -> dict[str, Any]:
                     request = pb.ListHistoryRequest(
                         product_name=PRODUCTS[n % len(PRODUCTS)], page_size=HISTORY_PAGE
                     )
-                    request.until.seconds = FAR_FUTURE + n
+                    request.until.seconds = FAR_FUTURE + n  # a new key each time: no cache hit
                 started = loop.time()
                 if started >= stop_at:
                     return
@@ -149,7 +152,7 @@ async def paced(spec: dict[str, Any]) -> dict[str, Any]:
         gate = asyncio.Semaphore(max_inflight)
         latencies: list[int] = []
         errors: Counter[str] = Counter()
-        tasks: set[asyncio.Task] = set()
+        tasks: set[asyncio.Task[None]] = set()
         late = 0
 
         async def one(request: pb.RecordEventRequest) -> None:

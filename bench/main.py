@@ -147,7 +147,7 @@ class Run:
         """
         s = self.settings
         out: dict[str, Any] = {"scrape": scrape_cost(s, server)}
-        variants = [("on", True, [])]
+        variants: list[tuple[str, bool, list[str]]] = [("on", True, [])]
         variants.append(("off (no endpoint)", False, []))
         if procs.versioner_has_flag("--skip-metric-projection"):
             variants.append(("off (no projection)", False, ["--skip-metric-projection"]))

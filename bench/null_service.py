@@ -25,6 +25,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,6 +42,9 @@ from versioner_grpc.config import Config
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
+
+if TYPE_CHECKING:  # grpc's classes are not subscriptable at runtime
+    Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("bench.null")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
@@ -70,23 +74,29 @@ class _Watcher:
 class NullDeploymentService(pb_grpc.DeploymentServiceServicer):
     def __init__(self, buffer: int) -> None:
         responses = null_responses()
-        self.record_response = responses["RecordEvent"]
-        self.current_response = responses["GetCurrent"]
-        self.history_response = responses["ListHistory"]
+        self.record_response = responses.record
+        self.current_response = responses.current
+        self.history_response = responses.history
         self.deployment = self.record_response.event.deployment
         self.buffer = buffer
         self.revision = 0
         self.watchers: set[_Watcher] = set()
 
-    async def RecordEvent(self, request, context):
+    async def RecordEvent(
+        self, request: pb.RecordEventRequest, context: Context
+    ) -> pb.RecordEventResponse:
         if self.watchers:
             self._fan_out(request)
         return self.record_response
 
-    async def GetCurrent(self, request, context):
+    async def GetCurrent(
+        self, request: pb.GetCurrentRequest, context: Context
+    ) -> pb.GetCurrentResponse:
         return self.current_response
 
-    async def ListHistory(self, request, context):
+    async def ListHistory(
+        self, request: pb.ListHistoryRequest, context: Context
+    ) -> pb.ListHistoryResponse:
         return self.history_response
 
     def _fan_out(self, request: pb.RecordEventRequest) -> None:
@@ -113,7 +123,9 @@ class NullDeploymentService(pb_grpc.DeploymentServiceServicer):
             except asyncio.QueueFull:
                 watcher.overflowed = True
 
-    async def WatchDeployments(self, request, context) -> AsyncIterator:
+    async def WatchDeployments(
+        self, request: pb.WatchDeploymentsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchDeploymentsResponse]:
         watcher = _Watcher(self.buffer)
         self.watchers.add(watcher)
         try:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ class ServerProc:
         self.address: str = serving["grpc_address"]
         self.metrics_address: str = serving.get("metrics_address", "") or ""
 
-    def _wait_serving(self, timeout: float) -> dict:
+    def _wait_serving(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         offset = 0
         buffer = ""
@@ -56,7 +57,7 @@ class ServerProc:
             *lines, buffer = buffer.split("\n")
             for line in lines:
                 with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
+                    entry: dict[str, Any] = json.loads(line)
                     if entry.get("event") == "serving":
                         return entry
             if self.proc.poll() is not None:
@@ -225,7 +226,7 @@ class CpuWindow:
         return out
 
 
-def machine_info() -> dict:
+def machine_info() -> dict[str, Any]:
     cpu_model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -333,6 +334,7 @@ def database_size_mb(url: str) -> float:
     conn = psycopg2.connect(url, connect_timeout=5)
     with conn.cursor() as cur:
         cur.execute("SELECT pg_database_size(current_database())")
-        size = cur.fetchone()[0]
+        row = cur.fetchone()
+        size: float = row[0] if row else 0
     conn.close()
     return round(size / 1024 / 1024, 1)

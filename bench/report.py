@@ -151,7 +151,7 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _unary_table(backend: str, label: str, rows: list[dict], checks: Checks) -> str:
+def _unary_table(backend: str, label: str, rows: list[dict[str, Any]], checks: Checks) -> str:
     out = []
     for row in rows:
         n, v, rpc = row["null"], row["versioner"], row["rpc"]

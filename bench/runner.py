@@ -31,6 +31,7 @@ class _Child:
             text=True,
         )
         self.pid = self.proc.pid
+        self.busy = False  # a load request sent, its answer not yet collected
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -48,8 +49,9 @@ class _Child:
     def receive(self, timeout: float) -> dict[str, Any]:
         line = self.lines.get(timeout=timeout)
         if line is None:
-            raise RuntimeError(f"{self.proc.args} exited with {self.proc.wait()}")
-        return json.loads(line)
+            raise RuntimeError(f"{self.proc.args!r} exited with {self.proc.wait()}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -86,15 +88,15 @@ class LoadPool:
                 if part[split] == 0:
                     continue
             worker.send(json.dumps(part))
-            worker.busy = True  # type: ignore[attr-defined]
+            worker.busy = True
 
     def collect(self, timeout: float = 300) -> dict[str, Any]:
         """Merge the workers' answers: latencies concatenated, counts summed."""
         merged: dict[str, Any] = {"latencies_us": [], "errors": Counter()}
         for worker in self.workers:
-            if not getattr(worker, "busy", False):
+            if not worker.busy:
                 continue
-            worker.busy = False  # type: ignore[attr-defined]
+            worker.busy = False
             result = worker.receive(timeout)
             if "failed" in result:
                 raise RuntimeError(f"load process failed: {result['failed']}")

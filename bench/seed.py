@@ -64,16 +64,22 @@ class _MirrorProjection:
     """metric_counter and metric_bucket rows, as the Peewee-model projection.apply
     (`apply(models, before, after)`, state kept in metric_counter) would leave them."""
 
-    counters: dict[tuple, list] = field(default_factory=dict)  # key -> [count, sum, last]
-    buckets: dict[tuple, int] = field(default_factory=lambda: defaultdict(int))
+    counters: dict[tuple[str, str, str, int], list[Any]] = field(
+        default_factory=dict
+    )  # key -> [count, sum, last]
+    buckets: dict[tuple[str, str, str, int, int], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
 
-    def _counter(self, key: tuple) -> list:
+    def _counter(self, key: tuple[str, str, str, int]) -> list[Any]:
         row = self.counters.get(key)
         if row is None:
             row = self.counters[key] = [0, 0.0, 0]
         return row
 
-    def bump(self, p: str, e: str, metric: str, status: int, value: float = 0.0, last: int = 0):
+    def bump(
+        self, p: str, e: str, metric: str, status: int, value: float = 0.0, last: int = 0
+    ) -> None:
         row = self._counter((p, e, metric, status))
         row[0] += 1
         row[1] += value
@@ -110,24 +116,25 @@ class _MirrorProjection:
         """Mirror of projection.apply for a deployment reaching its terminal state."""
         assert d.end_time is not None
         p, e = d.product, d.environment
+        older: Any = projection  # this projection's state names exist in older revisions only
         self.bump(p, e, projection.DEPLOYMENTS, int(d.status), last=d.end_time)
         if d.duration is not None:
             self.observe(p, e, projection.DURATION, int(d.status), d.duration / US)
         if d.status == Status.FAILED:
-            if self.state(p, e, projection.FAILING_SINCE) == 0:
-                self.set_state(p, e, projection.FAILING_SINCE, d.end_time)
+            if self.state(p, e, older.FAILING_SINCE) == 0:
+                self.set_state(p, e, older.FAILING_SINCE, d.end_time)
             return
         if d.status != Status.COMPLETED:
             return
-        last = self.state(p, e, projection.LAST_COMPLETED)
+        last = self.state(p, e, older.LAST_COMPLETED)
         if d.end_time >= last:
             if last:
                 self.observe(p, e, projection.BETWEEN, 0, (d.end_time - last) / US)
-            self.set_state(p, e, projection.LAST_COMPLETED, d.end_time)
-        failing = self.state(p, e, projection.FAILING_SINCE)
+            self.set_state(p, e, older.LAST_COMPLETED, d.end_time)
+        failing = self.state(p, e, older.FAILING_SINCE)
         if failing and d.end_time >= failing:
             self.observe(p, e, projection.RESTORE, 0, (d.end_time - failing) / US)
-            self.set_state(p, e, projection.FAILING_SINCE, 0)
+            self.set_state(p, e, older.FAILING_SINCE, 0)
         if d.scm_commit_time is not None and d.scm_commit_time <= d.end_time:
             lead = (d.end_time - d.scm_commit_time) / US
             self.observe(p, e, projection.LEAD_TIME, 0, lead)
@@ -183,7 +190,8 @@ def deployment_row(d: Deployment) -> dict[str, Any]:
     """The deployment's column values, as the store writes them."""
     fields = getattr(codec, "deployment_fields", None)
     if fields is not None:
-        return fields(d)
+        row: dict[str, Any] = fields(d)
+        return row
     sql = importlib.import_module("versioner_grpc.store.sql")
     names = [c.strip() for c in sql.DEPLOYMENT_COLUMNS.split(",")]
     return dict(zip(names, codec.deployment_tuple(d), strict=True))
@@ -273,7 +281,9 @@ def generate(n: int, seed: int = 1) -> Iterator[dict[str, list[dict[str, Any]]]]
     yield chunk
 
 
-def _event(revision: int, rng: random.Random, d: Deployment, status: Status, at: int) -> dict:
+def _event(
+    revision: int, rng: random.Random, d: Deployment, status: Status, at: int
+) -> dict[str, Any]:
     return {
         "revision": revision,
         "event_id": f"{rng.getrandbits(128):032x}",
@@ -309,7 +319,7 @@ class _Tables:
             self.columns[table] = [name for name, _ in columns[table]]
             self.defaults[table] = defaults
 
-    def tuples(self, table: str, rows: list[dict[str, Any]]) -> list[tuple]:
+    def tuples(self, table: str, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         cols, defaults = self.columns[table], self.defaults[table]
         out = []
         for row in rows:

@@ -183,7 +183,7 @@ def watch_server(
     """`watchers` live streams on `target`: a light and a heavy recording window, and
     (with `record`) RecordEvent closed-loop throughput without, then with, them."""
     out: dict[str, Any] = {"watchers": watchers}
-    record_cell = {
+    record_cell: dict[str, Any] = {
         "rpc": "RecordEvent",
         "inflight": s.watch_record_inflight,
         "seconds": s.seconds,
@@ -367,7 +367,7 @@ def scrape_cost(s: Settings, versioner: ServerProc) -> dict[str, Any]:
             self_reported.append(float(match.group(1)))
         hot.append(scrape(versioner.metrics_address)[0])
     series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
-    out = {
+    out: dict[str, Any] = {
         "scrapes": s.scrapes,
         "seconds_median": round(statistics.median(cold), 3),
         "seconds_max": round(max(cold), 3),

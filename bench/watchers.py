@@ -50,7 +50,7 @@ class Watchers:
         self.stopping = False
         self.last_event_at = time.time()
 
-    async def stream(self, stub: pb_grpc.DeploymentServiceStub) -> None:
+    async def stream(self, stub: pb_grpc.DeploymentServiceAsyncStub) -> None:
         last: int | None = None
         first = True
         while not self.stopping:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     for f in fields(Config):
         var = "VERSIONER_" + f.name.upper()
         default = env.get(var, f.default)
-        kind = type(f.default)
+        kind: Callable[[Any], Any] = type(f.default)  # every field has a plain default
         if kind is bool:
             truthy = str(default).strip().lower() in ("1", "true", "yes", "on")
             parser.add_argument(

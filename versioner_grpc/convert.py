@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from versioner.v1 import deployment_service_pb2 as pb
 
 from versioner_grpc.domain.errors import invalid
@@ -17,9 +20,9 @@ def us_from_timestamp(ts: timestamp_pb2.Timestamp) -> int:
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
-def optional_us(message: object, field: str) -> int | None:
+def optional_us(message: Message, field: str) -> int | None:
     """The field's time in microseconds, or None when unset; out of range is invalid."""
-    if not message.HasField(field):  # type: ignore[attr-defined]
+    if not message.HasField(field):
         return None
     ts = getattr(message, field)
     if not (MIN_SECONDS <= ts.seconds <= MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
@@ -27,12 +30,18 @@ def optional_us(message: object, field: str) -> int | None:
     return us_from_timestamp(ts)
 
 
+def wire_status(status: int) -> pb.DeploymentStatus:
+    """A status for a message field: protoc's .pyi types enum fields as the enum
+    class, while at runtime they hold plain ints (the numbers match the domain's)."""
+    return cast(pb.DeploymentStatus, int(status))
+
+
 def timestamp(us: int) -> timestamp_pb2.Timestamp:
     seconds, micros = divmod(us, 1_000_000)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
-def metadata_dict(struct: struct_pb2.Struct) -> dict:
+def metadata_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     try:
         return json_format.MessageToDict(struct)
     except ValueError as exc:  # NaN or infinity: not representable in JSON
@@ -46,7 +55,7 @@ def _time(us: int) -> dict[str, int]:
 
 
 def deployment(d: Deployment) -> pb.Deployment:
-    fields: dict = {
+    fields: dict[str, Any] = {
         "id": d.id,
         "product_name": d.product,
         "version": d.version,
@@ -80,7 +89,7 @@ def event(e: StoredEvent) -> pb.Event:
     return pb.Event(
         revision=e.revision,
         event_id=e.event_id,
-        status=int(e.status),
+        status=wire_status(e.status),
         event_time=timestamp(e.event_time),
         record_time=timestamp(e.record_time),
         deployment=deployment(e.deployment),
@@ -92,7 +101,7 @@ def state(s: EnvironmentState) -> pb.EnvironmentState:
     msg = pb.EnvironmentState(
         product_name=s.product,
         environment_name=s.environment,
-        environment_type=int(s.environment_type),
+        environment_type=cast(pb.EnvironmentType, int(s.environment_type)),
     )
     if s.current is not None:
         msg.current.CopyFrom(deployment(s.current))

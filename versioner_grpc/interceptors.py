@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -23,6 +23,13 @@ from versioner_grpc.logs import fields
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics, go_code
 
 log = logging.getLogger("versioner.rpc")
+if TYPE_CHECKING:  # grpc's classes are not subscriptable at runtime
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    # On an aio server a handler's behaviour is a coroutine function (unary) or
+    # an async generator function (streaming); types-grpcio types them as sync.
+    UnaryBehaviour = Callable[[Any, Context], Awaitable[Any]]
+    StreamBehaviour = Callable[[Any, Context], AsyncIterator[Any] | Awaitable[Any]]
 
 
 class _Call:
@@ -33,7 +40,7 @@ class _Call:
         method: str,
         grpc_type: str,
         metrics: GrpcMetrics | None,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> None:
         _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", method)
         self.method = method
@@ -55,7 +62,7 @@ class _Call:
         if self.metrics:
             self.metrics.sent.labels(*self.labels).inc()
 
-    async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+    async def fail(self, exc: BaseException, context: Context) -> None:
         """Turn `exc` into the call's status (aborting the call)."""
         if isinstance(exc, VersionerError):
             status = to_status(exc)
@@ -71,7 +78,7 @@ class _Call:
         self.code = grpc.StatusCode.INTERNAL
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def finish(self, context: grpc.aio.ServicerContext) -> None:
+    def finish(self, context: Context) -> None:
         if self.code == grpc.StatusCode.OK and not context.cancelled():
             self.code = context.code() or grpc.StatusCode.OK
         elapsed = time.perf_counter() - self.start
@@ -98,7 +105,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.tokens = tokens
 
-    def _authorize(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+    def _authorize(self, call: _Call, context: Context) -> None:
         """Check the caller before the handler runs; its name goes on events and logs."""
         if self.tokens is None:
             return
@@ -107,9 +114,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -122,9 +129,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            inner_uu = handler.unary_unary
+            inner_uu = cast("UnaryBehaviour", handler.unary_unary)
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: Context) -> Any:
                 call = _Call(method, "unary", metrics, context)
                 call.received()
                 try:
@@ -140,10 +147,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
         if handler.unary_stream or handler.stream_stream:
             streaming = handler.unary_stream is not None
-            inner_stream = handler.unary_stream or handler.stream_stream
+            inner_stream = cast("StreamBehaviour", handler.unary_stream or handler.stream_stream)
             grpc_type = "server_stream" if streaming else "bidi_stream"
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def stream(request: Any, context: Context) -> Any:
                 call = _Call(method, grpc_type, metrics, context)
 
                 async def counted() -> AsyncIterator[Any]:

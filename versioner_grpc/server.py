@@ -105,7 +105,9 @@ class Server:
             readers=config.read_threads,
             project_metrics=not config.skip_metric_projection,
         )
-        disable_created_metrics()  # go-grpc-prometheus has no *_created series
+        # go-grpc-prometheus has no *_created series.
+        # prometheus_client leaves this function unannotated:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

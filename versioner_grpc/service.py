@@ -12,7 +12,7 @@ add_DeploymentServiceServicer_to_server, whose serializers accept messages only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from versioner.v1 import deployment_service_pb2 as pb
@@ -33,7 +33,8 @@ SERVICE = "versioner.v1.DeploymentService"
 ENCODING_CACHE = 4096  # recent events' encoded watch messages
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # grpc's classes are not subscriptable at runtime
+    Context = grpc.aio.ServicerContext[Any, Any]
 WatchMessage = pb.WatchDeploymentsResponse | PreEncoded[pb.WatchDeploymentsResponse]
 
 
@@ -140,7 +141,7 @@ class DeploymentService:
 
 def add_to_server(service: DeploymentService, server: grpc.aio.Server) -> None:
     """Register `service` on `server`, with serializers that send PreEncoded as it is."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "RecordEvent": grpc.unary_unary_rpc_method_handler(
             service.RecordEvent,
             request_deserializer=pb.RecordEventRequest.FromString,

@@ -33,7 +33,7 @@ _CLOSED = object()
 @dataclass(eq=False)
 class _Watcher:
     filters: Filters
-    queue: asyncio.Queue
+    queue: asyncio.Queue[StoredEvent | object]  # events, or _CLOSED
     overflowed: bool = False
 
 
@@ -56,8 +56,9 @@ class WatchHub:
         self.poll_interval = poll_interval
         self.head = 0
         self._watchers: set[_Watcher] = set()
-        self._signals: asyncio.Queue = asyncio.Queue()
-        self._tasks: list[asyncio.Task] = []
+        # A batch from this replica's writer, or None: look in the store.
+        self._signals: asyncio.Queue[list[StoredEvent] | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._stop_listening: Callable[[], None] = lambda: None
@@ -184,6 +185,7 @@ class WatchHub:
                     f"watcher fell more than {self.buffer} events behind; "
                     f"resume with after_revision={sent}"
                 )
+            item: StoredEvent | object | None
             try:
                 item = watcher.queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -196,7 +198,7 @@ class WatchHub:
                     sent = max(sent, self.head)
                     yield sent
                 continue
-            if item is _CLOSED:
+            if not isinstance(item, StoredEvent):  # _CLOSED
                 raise Unavailable("server is shutting down; resume elsewhere")
             if item.revision > sent:
                 sent = item.revision

@@ -5,8 +5,9 @@ from __future__ import annotations
 import gzip
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -23,11 +24,11 @@ class _Server6(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-def metrics_app(registry: CollectorRegistry, deployments: DeploymentMetrics) -> Callable:
+def metrics_app(registry: CollectorRegistry, deployments: DeploymentMetrics) -> WSGIApplication:
     """/metrics (and / for a quick look in a browser): the registry's metrics (gRPC,
     process) followed by the deployment families; 404 for any other path."""
 
-    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: metrics are at /metrics\n"]

@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 from versioner_grpc.domain.model import Deployment, EnvironmentType, Status
+from versioner_grpc.store.sql import Row
 
 
-def deployment_from_tuple(row: tuple) -> Deployment:
+def deployment_from_tuple(row: Row) -> Deployment:
     """A Deployment from a row selected with sql.DEPLOYMENT_COLUMNS, in that order."""
     (id_, product, version, environment, env_type, status, deployed_by, scm_branch, scm_sha,
      build_url, metadata, create_time, update_time, start_time, end_time, previous_version,
@@ -35,7 +36,7 @@ def deployment_from_tuple(row: tuple) -> Deployment:
     )
 
 
-def deployment_tuple(d: Deployment) -> tuple:
+def deployment_tuple(d: Deployment) -> Row:
     """Column values in sql.DEPLOYMENT_COLUMNS order."""
     return (
         d.id,

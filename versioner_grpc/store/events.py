@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Any
 
 from versioner_grpc.domain.environments import environment_type
 from versioner_grpc.domain.errors import FailedPrecondition
@@ -287,13 +288,15 @@ def _update_current_state(
     before: Deployment | None,
     after: Deployment,
     action: Action,
-    changes: dict[str, int],
+    changes: dict[str, Any],
 ) -> None:
     """Keep current (last completed by end time), latest, in-progress and projection state."""
     if before is None and (not place.exists or after.create_time >= place.latest_create_time):
         changes.update(latest_id=after.id, latest_create_time=after.create_time)
     is_current = after.status == Status.COMPLETED and action is not Action.FILL_START
-    if is_current and (place.current_end_time is None or after.end_time >= place.current_end_time):
+    if is_current and (
+        place.current_end_time is None or (after.end_time or 0) >= place.current_end_time
+    ):
         changes.update(current_id=after.id, current_end_time=after.end_time)
     became_open = after.status.is_open and (before is None or not before.status.is_open)
     closed = before is not None and before.status.is_open and not after.status.is_open

@@ -8,7 +8,7 @@ late events, and every replica on one database exports the same values.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from versioner_grpc.domain.model import Deployment, Status
 from versioner_grpc.store.sql import Sql
@@ -41,7 +41,7 @@ BUCKETS = {
 
 def apply(
     sql: Sql, place: PlaceState, before: Deployment | None, after: Deployment
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Project one applied event; return changes for the place's current_state row.
 
     Only a deployment's arrival at a terminal state counts. The time between
@@ -53,7 +53,7 @@ def apply(
         return {}
     assert after.end_time is not None
     where = (after.product, after.environment)
-    changes: dict[str, int] = {}
+    changes: dict[str, Any] = {}
     _bump(sql, *where, DEPLOYMENTS, after.status, last=after.end_time)
     if after.duration is not None:
         _observe(sql, *where, DURATION, after.status, after.duration / US)

@@ -195,7 +195,7 @@ def _v2_recorded_by(models: Models) -> None:
     db = models.Event._meta.database
     columns = {c.name for c in db.get_columns(models.Event._meta.table_name)}
     if "recorded_by" not in columns:  # v1 may have created it already
-        field = models.Event.recorded_by
+        field = models.Event._meta.fields["recorded_by"]
         migrator = SchemaMigrator.from_database(db)
         migrate_schema(migrator.add_column(models.Event._meta.table_name, "recorded_by", field))
 
@@ -217,7 +217,8 @@ def migrate(models: Models, lock: Callable[[], None]) -> list[int]:
     with db.atomic():
         lock()
         db.create_tables([models.SchemaMigration], safe=True)
-        done = {row.version for row in models.SchemaMigration.select()}
+        table = models.SchemaMigration._meta.table_name
+        done = {int(row[0]) for row in db.execute_sql(f"SELECT version FROM {table}").fetchall()}
         applied = []
         for number, step in MIGRATIONS:
             if number in done:

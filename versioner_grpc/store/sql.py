@@ -22,6 +22,9 @@ DEPLOYMENT_COLUMNS = (
 )
 
 
+Row = tuple[Any, ...]
+
+
 class Sql:
     """Runs fixed SQL text on the calling thread's Peewee connection."""
 
@@ -33,18 +36,21 @@ class Sql:
     def _text(self, text: str) -> str:
         return _pg(text) if self.postgres else text
 
-    def rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.db.execute_sql(self._text(text), params).fetchall()
+    def rows(self, text: str, params: Sequence[Any] = ()) -> list[Row]:
+        found: list[Row] = self.db.execute_sql(self._text(text), params).fetchall()
+        return found
 
-    def row(self, text: str, params: Sequence[Any] = ()) -> tuple | None:
-        return self.db.execute_sql(self._text(text), params).fetchone()
+    def row(self, text: str, params: Sequence[Any] = ()) -> Row | None:
+        found: Row | None = self.db.execute_sql(self._text(text), params).fetchone()
+        return found
 
     def value(self, text: str, params: Sequence[Any] = ()) -> Any:
         found = self.row(text, params)
         return found[0] if found else None
 
     def run(self, text: str, params: Sequence[Any] = ()) -> int:
-        return self.db.execute_sql(self._text(text), params).rowcount
+        count: int = self.db.execute_sql(self._text(text), params).rowcount
+        return count
 
 
 @lru_cache(maxsize=512)

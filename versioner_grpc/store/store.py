@@ -107,16 +107,14 @@ class Store:
         """
 
         def run() -> int:
-            m = self.database.models
+            sql = self.database.sql
             with self.database.write_transaction():
                 self.database.lock_appends()
-                head = reads.head_revision(self.database.sql)
-                deleted: int = (
-                    m.Event.delete()
-                    .where((m.Event.record_time < older_than) & (m.Event.revision < head))
-                    .execute()
+                head = reads.head_revision(sql)
+                deleted = sql.run(
+                    "DELETE FROM event WHERE record_time < ? AND revision < ?", (older_than, head)
                 )
-                m.IgnoredEvent.delete().where(m.IgnoredEvent.record_time < older_than).execute()
+                sql.run("DELETE FROM ignored_event WHERE record_time < ?", (older_than,))
                 return deleted
 
         loop = asyncio.get_running_loop()

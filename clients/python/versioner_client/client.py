@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -70,7 +70,7 @@ def backoff_delay(attempt: int, base: float = _BACKOFF_BASE, cap: float = _BACKO
     The jitter (50-100 % of the step) keeps many clients that lost the same
     server from reconnecting in lockstep.
     """
-    return min(cap, base * (2**attempt)) * random.uniform(0.5, 1.0)
+    return min(cap, base * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 def _read_pem(value: Pem | None) -> bytes | None:
@@ -346,6 +346,10 @@ class VersionerClient:
             time.sleep(delay)
 
 
+class _Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
 class _IdleWatchdog:
     """Cancels a stream that has been silent too long.
 
@@ -354,7 +358,7 @@ class _IdleWatchdog:
     change) that would otherwise block the watcher forever.
     """
 
-    def __init__(self, call: grpc.Future, timeout: float | None) -> None:
+    def __init__(self, call: _Cancellable, timeout: float | None) -> None:
         self.fired = False
         self._call = call
         self._timeout = timeout

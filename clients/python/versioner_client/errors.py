@@ -9,6 +9,7 @@ parsing trailers themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -101,7 +102,9 @@ def from_rpc_error(error: grpc.RpcError) -> VersionerError:
     violations: list[FieldViolation] = []
     reason = ""
     try:
-        status = rpc_status.from_call(error)
+        # What grpc raises is also a grpc.Call (trailing metadata); anything else
+        # fails here with AttributeError and has no details.
+        status = rpc_status.from_call(cast(grpc.Call, error))
     except (ValueError, AttributeError, TypeError):
         status = None
     if status is not None:

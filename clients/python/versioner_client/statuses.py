@@ -7,6 +7,8 @@ pipeline pass its own job status straight through.
 
 from __future__ import annotations
 
+from typing import cast
+
 from versioner.v1 import deployment_service_pb2 as pb
 
 _ALIASES: dict[int, tuple[str, ...]] = {
@@ -31,7 +33,7 @@ STATUS_BY_WORD: dict[str, int] = {
 ACCEPTED_WORDS: tuple[str, ...] = tuple(word for words in _ALIASES.values() for word in words)
 
 
-def parse_status(word: str | int) -> int:
+def parse_status(word: str | int) -> pb.DeploymentStatus:
     """The DeploymentStatus value for an alias, an enum name or an enum value.
 
     Raises ValueError naming the accepted words, so a typo in a pipeline fails
@@ -39,15 +41,20 @@ def parse_status(word: str | int) -> int:
     """
     if isinstance(word, int) and not isinstance(word, bool):
         if word in _ALIASES:
-            return word
+            return _wire(word)
         raise ValueError(f"unknown deployment status {word!r}")
     key = str(word).strip().lower().replace("-", "_")
     try:
-        return STATUS_BY_WORD[key]
+        return _wire(STATUS_BY_WORD[key])
     except KeyError:
         raise ValueError(
             f"unknown deployment status {word!r}; use one of: {', '.join(ACCEPTED_WORDS)}"
         ) from None
+
+
+def _wire(status: int) -> pb.DeploymentStatus:
+    """protoc's .pyi types enum fields as the enum class; at runtime they are ints."""
+    return cast(pb.DeploymentStatus, status)
 
 
 def status_word(status: int) -> str:
