@@ -28,9 +28,11 @@ run: $(STAMP) $(STUBS)
 test: $(STAMP) $(STUBS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+## lint: ruff (style) and mypy --strict (types; configured in pyproject.toml).
+lint: $(STAMP) $(STUBS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 ## check-proto: fails when the committed stubs differ from what protos/ generates.
 check-proto: proto

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from versioner.v1 import deployment_service_pb2 as pb
-from versioner_client import cli
+from versioner_client import cli, exits, inputs, output, settings
 from versioner_client.ci import Origin, detect_ci, resolve_origin
 from versioner_client.client import backoff_delay
 from versioner_client.errors import (
@@ -20,6 +20,7 @@ from versioner_client.errors import (
     VersionerError,
     from_rpc_error,
 )
+from versioner_client.exits import Exit
 from versioner_client.statuses import parse_status, status_word
 
 # --------------------------------------------------------------------------- statuses
@@ -221,7 +222,7 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
     ],
 )
 def test_since_accepts_durations_ago(text: str, ago: timedelta) -> None:
-    assert cli.parse_since(text, NOW) == NOW - ago
+    assert inputs.parse_since(text, NOW) == NOW - ago
 
 
 @pytest.mark.parametrize(
@@ -234,17 +235,17 @@ def test_since_accepts_durations_ago(text: str, ago: timedelta) -> None:
     ],
 )
 def test_since_accepts_iso_times_naive_meaning_utc(text: str, expected: datetime) -> None:
-    assert cli.parse_since(text, NOW) == expected
+    assert inputs.parse_since(text, NOW) == expected
 
 
 @pytest.mark.parametrize("text", ["", "7", "yesterday", "7x", "d7", "-1d"])
 def test_since_rejects_anything_else(text: str) -> None:
-    with pytest.raises(cli.UsageError):
-        cli.parse_since(text, NOW)
+    with pytest.raises(inputs.UsageError):
+        inputs.parse_since(text, NOW)
 
 
 def test_metadata_pairs_stay_strings() -> None:
-    assert cli.parse_metadata(
+    assert inputs.parse_metadata(
         ["ticket=OPS-1", "replicas=3", "url=http://x?a=b", "empty="], None
     ) == {
         "ticket": "OPS-1",
@@ -256,12 +257,12 @@ def test_metadata_pairs_stay_strings() -> None:
 
 @pytest.mark.parametrize("bad", ["novalue", "=value", " =x"])
 def test_metadata_pairs_need_a_key_and_an_equals_sign(bad: str) -> None:
-    with pytest.raises(cli.UsageError):
-        cli.parse_metadata([bad], None)
+    with pytest.raises(inputs.UsageError):
+        inputs.parse_metadata([bad], None)
 
 
 def test_metadata_json_keeps_json_types() -> None:
-    assert cli.parse_metadata(None, '{"replicas": 3, "canary": true, "tags": ["a"]}') == {
+    assert inputs.parse_metadata(None, '{"replicas": 3, "canary": true, "tags": ["a"]}') == {
         "replicas": 3,
         "canary": True,
         "tags": ["a"],
@@ -270,8 +271,8 @@ def test_metadata_json_keeps_json_types() -> None:
 
 @pytest.mark.parametrize("bad", ["[1, 2]", '"text"', "3", "{not json"])
 def test_metadata_json_must_be_an_object(bad: str) -> None:
-    with pytest.raises(cli.UsageError):
-        cli.parse_metadata(None, bad)
+    with pytest.raises(inputs.UsageError):
+        inputs.parse_metadata(None, bad)
 
 
 def test_metadata_and_metadata_json_are_exclusive() -> None:
@@ -279,33 +280,33 @@ def test_metadata_and_metadata_json_are_exclusive() -> None:
         ["record", "--product", "p", "--version", "1", "--env", "e", "--status", "success",
          "--metadata", "a=b", "--metadata-json", "{}"]
     )  # fmt: skip
-    assert code == cli.EXIT_ERROR
+    assert code == Exit.ERROR
 
 
 def test_unknown_status_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["record", "--product", "p", "--version", "1", "--env", "e", "--status", "ok?"])
-    assert code == cli.EXIT_ERROR
+    assert code == Exit.ERROR
     assert "success" in capsys.readouterr().err
 
 
 def test_settings_flags_beat_environment_variables() -> None:
     parser = cli.build_parser()
     env = {"VERSIONER_ADDRESS": "env:1", "VERSIONER_TIMEOUT": "3", "VERSIONER_FAIL_OPEN": "1"}
-    from_env = cli.resolve_settings(parser.parse_args(["current"]), env)
+    from_env = settings.resolve_settings(parser.parse_args(["current"]), env)
     assert (from_env.address, from_env.timeout, from_env.fail_open) == ("env:1", 3.0, True)
     # Global options work before and after the subcommand.
     before = parser.parse_args(["--address", "flag:2", "current", "--timeout", "4"])
-    flags = cli.resolve_settings(before, env)
+    flags = settings.resolve_settings(before, env)
     assert (flags.address, flags.timeout) == ("flag:2", 4.0)
-    defaults = cli.resolve_settings(parser.parse_args(["current"]), {})
-    assert defaults == cli.Settings()
+    defaults = settings.resolve_settings(parser.parse_args(["current"]), {})
+    assert defaults == settings.Settings()
 
 
 def test_bad_environment_settings_are_usage_errors() -> None:
     args = cli.build_parser().parse_args(["current"])
     for env in ({"VERSIONER_TIMEOUT": "soon"}, {"VERSIONER_TLS": "maybe"}):
-        with pytest.raises(cli.UsageError):
-            cli.resolve_settings(args, env)
+        with pytest.raises(inputs.UsageError):
+            settings.resolve_settings(args, env)
 
 
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
@@ -344,7 +345,7 @@ def test_bad_request_details_become_field_violations() -> None:
     error = from_rpc_error(_FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad", bad))
     assert isinstance(error, InvalidArgument)
     assert error.field_violations == (FieldViolation("product_name", "must not be empty"),)
-    assert cli.describe_error(error, "x") == (4, "rejected: product_name: must not be empty")
+    assert exits.describe_error(error, "x") == (4, "rejected: product_name: must not be empty")
 
 
 def test_error_info_reason_is_parsed_for_conflicts() -> None:
@@ -352,17 +353,17 @@ def test_error_info_reason_is_parsed_for_conflicts() -> None:
     error = from_rpc_error(_FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "sha differs", info))
     assert isinstance(error, PreconditionFailed)
     assert error.reason == "VERSION_SHA_MISMATCH"
-    assert cli.describe_error(error, "x") == (5, "conflict (VERSION_SHA_MISMATCH): sha differs")
+    assert exits.describe_error(error, "x") == (5, "conflict (VERSION_SHA_MISMATCH): sha differs")
 
 
 def test_connection_errors_fail_open_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     error = from_rpc_error(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "refused\nreally"))
     assert isinstance(error, Unavailable)
-    assert cli.report_error(error, cli.Settings(address="h:1")) == 1
+    assert cli.report_error(error, settings.Settings(address="h:1")) == 1
     assert capsys.readouterr().err == "versioner: cannot reach h:1: refused really\n"
-    assert cli.report_error(error, cli.Settings(fail_open=True)) == 0
+    assert cli.report_error(error, settings.Settings(fail_open=True)) == 0
     rejected = VersionerError(grpc.StatusCode.PERMISSION_DENIED, "no")
-    assert cli.report_error(rejected, cli.Settings(fail_open=True)) == 4
+    assert cli.report_error(rejected, settings.Settings(fail_open=True)) == 4
 
 
 def test_current_table_shows_age_author_and_a_differing_latest() -> None:
@@ -389,7 +390,7 @@ def test_current_table_shows_age_author_and_a_differing_latest() -> None:
             latest=deployment("1.2.4", pb.DEPLOYMENT_STATUS_COMPLETED, 5, "ci"),
         ),
     ]
-    lines = cli.format_current(states, NOW)
+    lines = output.format_current(states, NOW)
     assert lines[0].split() == ["ENVIRONMENT", "PRODUCT", "VERSION", "DEPLOYED", "BY", "LATEST"]
     assert lines[1].split() == ["staging", "my-service", "1.2.4", "5", "minutes", "ago", "by", "ci"]
     assert lines[2].split()[:8] == [
@@ -405,7 +406,7 @@ def test_current_table_shows_age_author_and_a_differing_latest() -> None:
      (86400 * 3, "3 days ago")],
 )  # fmt: skip
 def test_ages_read_like_speech(seconds: int, text: str) -> None:
-    assert cli.humanize_age(NOW - timedelta(seconds=seconds), NOW) == text
+    assert output.humanize_age(NOW - timedelta(seconds=seconds), NOW) == text
 
 
 def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -245,13 +245,15 @@ class VersionerClient:
         since: datetime | None = None,
         until: datetime | None = None,
         page_size: int = 0,
+        page_token: str = "",
     ) -> Iterator[pb.Deployment]:
         """Every matching deployment, newest first, fetching pages as you iterate.
 
         Stop early with ``itertools.islice``; later pages are then never fetched.
+        ``page_token`` continues a listing from a page's ``next_page_token``.
         """
         statuses = [parse_status(s) for s in statuses]
-        token = ""
+        token = page_token
         while True:
             page = self.history_page(
                 product,

@@ -11,7 +11,9 @@ from typing import cast
 
 from versioner.v1 import deployment_service_pb2 as pb
 
-_ALIASES: dict[int, tuple[str, ...]] = {
+# The Node client keeps a copy (STATUS_WORDS in clients/node/src/client.js);
+# tests/test_status_aliases.py fails when the two differ.
+ALIASES: dict[int, tuple[str, ...]] = {
     pb.DEPLOYMENT_STATUS_PENDING: ("pending", "queued", "scheduled"),
     pb.DEPLOYMENT_STATUS_STARTED: ("started", "in_progress", "init", "deploying"),
     pb.DEPLOYMENT_STATUS_COMPLETED: ("completed", "success", "complete", "finished", "deployed"),
@@ -27,10 +29,10 @@ _ALIASES: dict[int, tuple[str, ...]] = {
 }
 
 STATUS_BY_WORD: dict[str, int] = {
-    word: status for status, words in _ALIASES.items() for word in words
-} | {pb.DeploymentStatus.Name(status).lower(): status for status in _ALIASES}
+    word: status for status, words in ALIASES.items() for word in words
+} | {pb.DeploymentStatus.Name(status).lower(): status for status in ALIASES}
 
-ACCEPTED_WORDS: tuple[str, ...] = tuple(word for words in _ALIASES.values() for word in words)
+ACCEPTED_WORDS: tuple[str, ...] = tuple(word for words in ALIASES.values() for word in words)
 
 
 def parse_status(word: str | int) -> pb.DeploymentStatus:
@@ -40,7 +42,7 @@ def parse_status(word: str | int) -> pb.DeploymentStatus:
     loudly instead of recording the wrong status.
     """
     if isinstance(word, int) and not isinstance(word, bool):
-        if word in _ALIASES:
+        if word in ALIASES:
             return _wire(word)
         raise ValueError(f"unknown deployment status {word!r}")
     key = str(word).strip().lower().replace("-", "_")
