@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 from versioner_grpc.domain.model import Deployment, Status, StoredEvent
 
@@ -41,18 +42,24 @@ class Filters:
 
     def equalities(self) -> dict[str, str]:
         """The text fields that must be equal, by Deployment attribute name (set ones only)."""
-        fields = {
-            "product": self.product,
-            "environment": self.environment,
-            "version": self.version,
-            "deployed_by": self.deployed_by,
-        }
-        return {name: value for name, value in fields.items() if value}
+        return dict(self._equal)
+
+    @cached_property
+    def _equal(self) -> tuple[tuple[str, str], ...]:
+        # Computed once: the watch hub matches every event against every watcher.
+        fields = (
+            ("product", self.product),
+            ("environment", self.environment),
+            ("version", self.version),
+            ("deployed_by", self.deployed_by),
+        )
+        return tuple((name, value) for name, value in fields if value)
 
     def matches(self, deployment: Deployment, status: Status | None = None) -> bool:
         """Whether `deployment` (with `status` in place of its own, for an event) is wanted."""
-        if any(getattr(deployment, name) != value for name, value in self.equalities().items()):
-            return False
+        for name, value in self._equal:
+            if getattr(deployment, name) != value:
+                return False
         if self.statuses and (deployment.status if status is None else status) not in self.statuses:
             return False
         if self.since is not None and deployment.create_time < self.since:

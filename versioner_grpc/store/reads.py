@@ -79,10 +79,7 @@ def history_page(
 # Columns each table has for the Filters criteria (each also has a status: the
 # event's own on event rows); current_state rows are places, product x environment.
 _FILTERABLE_DEPLOYMENT = {"product", "environment", "version", "deployed_by"}
-_FILTERABLE_EVENT = {
-    "product",
-    "environment",
-}
+_FILTERABLE_EVENT = {"product", "environment"}
 _FILTERABLE_PLACE = {"product", "environment"}
 
 
