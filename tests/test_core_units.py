@@ -17,7 +17,14 @@ import pytest
 
 from versioner_grpc.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from versioner_grpc.domain.filters import Filters
-from versioner_grpc.domain.model import EventInput, RecordResult, Status, StoredEvent
+from versioner_grpc.domain.model import (
+    Deployment,
+    EnvironmentType,
+    EventInput,
+    RecordResult,
+    Status,
+    StoredEvent,
+)
 from versioner_grpc.domain.validation import validate_event
 from versioner_grpc.store import projection, reads
 from versioner_grpc.store.database import Database
@@ -148,6 +155,39 @@ def test_history_filters_match_the_domain_rule(core: Core) -> None:
         page, _ = reads.history_page(core.sql, filters, None, 10)
         assert page == [d for d in everything if filters.matches(d)]
         assert page
+
+
+def test_the_hubs_fast_matcher_agrees_with_the_rule() -> None:
+    deployments = [
+        core_deployment(product, env, status)
+        for product in ("shop", "api")
+        for env in ("production", "staging")
+        for status in (Status.STARTED, Status.COMPLETED)
+    ]
+    for filters in (
+        Filters(),
+        Filters(product="shop"),
+        Filters(environment="staging", statuses=frozenset({Status.STARTED})),
+        Filters(product="api", environment="production", statuses=frozenset({Status.COMPLETED})),
+        Filters(version="1.0.0", since=T0),  # not a watch filter: the general rule
+    ):
+        for d in deployments:
+            for status in (Status.STARTED, Status.COMPLETED):
+                assert filters.event_matcher(d, status) == filters.matches(d, status)
+    assert sum(Filters(product="shop").matches(d) for d in deployments) == 4
+
+
+def core_deployment(product: str, environment: str, status: Status) -> Deployment:
+    return Deployment(
+        id=f"{product}-{environment}-{int(status)}",
+        product=product,
+        version="1.0.0",
+        environment=environment,
+        environment_type=EnvironmentType.PRODUCTION,
+        status=status,
+        create_time=T0,
+        update_time=T0,
+    )
 
 
 # --------------------------------------------------------------------------- projection

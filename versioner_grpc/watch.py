@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from versioner_grpc.domain.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from versioner_grpc.domain.filters import Filters
-from versioner_grpc.domain.model import StoredEvent
+from versioner_grpc.domain.model import Deployment, Status, StoredEvent
 from versioner_grpc.store.store import Store
 
 log = logging.getLogger("versioner.watch")
@@ -30,11 +30,15 @@ CATCH_UP_PAGE = 500
 _CLOSED = object()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Watcher:
     filters: Filters
     queue: asyncio.Queue[StoredEvent | object]  # events, or _CLOSED
     overflowed: bool = False
+    match: Callable[[Deployment, Status], bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.match = self.filters.event_matcher
 
 
 class WatchHub:
@@ -134,8 +138,9 @@ class WatchHub:
 
     def _deliver(self, events: list[StoredEvent]) -> None:
         for event in events:
+            deployment, status = event.deployment, event.status
             for watcher in self._watchers:
-                if watcher.overflowed or not watcher.filters.matches_event(event):
+                if watcher.overflowed or not watcher.match(deployment, status):
                     continue
                 try:
                     watcher.queue.put_nowait(event)
