@@ -20,22 +20,30 @@ from prometheus_client import (
 )
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
+from versioner.v1 import governance_service_pb2 as gpb
+from versioner.v1 import governance_service_pb2_grpc as gpb_grpc
 
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.errors import Unavailable
+from versioner_grpc.governance import audit
+from versioner_grpc.governance import rules as governance_rules
+from versioner_grpc.governance_service import GovernanceService
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentMetrics
+from versioner_grpc.metrics.governance import GovernanceMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
 from versioner_grpc.service import DeploymentService
+from versioner_grpc.store import governance
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
+GOVERNANCE_SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["GovernanceService"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -111,6 +119,8 @@ class Server:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.deployment_metrics = DeploymentMetrics(self.store.database)
+        self.governance_metrics = GovernanceMetrics(self.registry, self.store.database)
+        self.store.gate.count = self.governance_metrics.count
         self.health = HealthServicer()
         self.tokens: TokenFile | None = None
         self.grpc_port = 0
@@ -123,10 +133,14 @@ class Server:
     async def start(self) -> None:
         check_exposure(self.config)
         self.tokens = TokenFile(self.config.auth_file) if self.config.auth_file else None
+        if self.config.rules_file:
+            self.store.gate.rules = governance_rules.load(self.config.rules_file)
         loop = asyncio.get_running_loop()
         applied = await loop.run_in_executor(None, self.store.open)
         if applied:
             log.info("schema migrated", extra=fields(event="migrated", migrations=applied))
+        if self.config.rules_file:
+            await self._rules_loaded(self.store.gate.rules, "start")
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(GrpcMetrics(self.registry), self.tokens)],
             options=server_options(self.config),
@@ -142,10 +156,14 @@ class Server:
         pb_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(self.store, self.watch), server
         )
+        gpb_grpc.add_GovernanceServiceServicer_to_server(
+            GovernanceService(self.store, self.governance_metrics.approved_after), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 SERVICE_NAME,
+                GOVERNANCE_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -170,6 +188,7 @@ class Server:
             self.metrics_port = self._metrics_http.port
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
+        self._tasks.append(asyncio.create_task(self._expire_approvals()))
         if self.config.event_retention_days > 0:
             self._tasks.append(asyncio.create_task(self._compact_periodically()))
         log.info(
@@ -193,13 +212,59 @@ class Server:
             return
         log.info("auth file reloaded", extra=fields(event="auth_reloaded", tokens=count))
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the auth file and the rules file."""
+        self.reload_tokens()
+        if self.config.rules_file:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.reload_rules()))
+
+    async def reload_rules(self) -> bool:
+        """Re-read the rules file; a broken file keeps the old rules and logs an error."""
+        try:
+            loaded = governance_rules.load(self.config.rules_file)
+        except governance_rules.RulesError as exc:
+            log.error("rules not reloaded: %s", exc, extra=fields(event="rules_reload_failed"))
+            return False
+        self.store.gate.rules = loaded
+        await self._rules_loaded(loaded, "reload")
+        return True
+
+    async def _rules_loaded(self, loaded: governance_rules.RuleSet, why: str) -> None:
+        details = {
+            "path": loaded.source,
+            "sha256": loaded.sha256,
+            "rules": [r.name for r in loaded.rules],
+            "trigger": why,
+        }
+        try:
+            await self.store.govern(
+                lambda sql: governance.insert_audit(
+                    sql, now_us(), audit.RULES_RELOADED, details=details
+                )
+            )
+        except Unavailable as exc:
+            log.warning("rules load not audited: %s", exc)
+        log.info(
+            "rules loaded",
+            extra=fields(event="rules_loaded", rules=len(loaded), sha256=loaded.sha256),
+        )
+
+    async def _expire_approvals(self) -> None:
+        """Mark approval requests EXPIRED once past their expire time (audited once)."""
+        while True:
+            await asyncio.sleep(self.config.approval_sweep_interval)
+            try:
+                await self.store.govern(lambda sql: governance.expire_due(sql, now_us()))
+            except Unavailable as exc:
+                log.warning("approval expiry skipped: %s", exc)
+
     async def _set_health(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, GOVERNANCE_SERVICE_NAME):
             await self.health.set(name, status)
 
     async def _watch_database(self) -> None:
@@ -265,7 +330,7 @@ async def serve(config: Config) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stop.wait()
     log.info("shutting down", extra=fields(event="shutdown"))
     await server.stop()

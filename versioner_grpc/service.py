@@ -15,8 +15,8 @@ from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from versioner_grpc import convert, pagetoken
-from versioner_grpc.auth import principal_name
-from versioner_grpc.domain.errors import invalid
+from versioner_grpc.auth import OVERRIDE, has_scope, principal_name
+from versioner_grpc.domain.errors import PermissionDenied, invalid
 from versioner_grpc.domain.model import StoredEvent
 from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
 from versioner_grpc.store import reads
@@ -59,7 +59,10 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             metadata_bytes=request.extra_metadata.ByteSize() if has_metadata else 0,
             scm_commit_time=convert.optional_us(request, "scm_commit_time"),
             recorded_by=principal_name.get(),
+            override_reason=request.override_reason,
         )
+        if event.override_reason and not has_scope(OVERRIDE):
+            raise PermissionDenied(f"override_reason needs the {OVERRIDE} scope")
         result = await self.store.record(event)
         return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)
 

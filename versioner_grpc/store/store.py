@@ -10,8 +10,10 @@ from typing import TypeVar
 
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.domain.validation import Filters
+from versioner_grpc.governance.rules import RuleSet
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
+from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.read_cache import RevisionCache
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
@@ -34,8 +36,12 @@ class Store:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
         self.cache = RevisionCache()
+        self.gate = Gate(RuleSet())
         self.writer = Writer(
-            self.database, on_commit=self._committed, project_metrics=project_metrics
+            self.database,
+            on_commit=self._committed,
+            project_metrics=project_metrics,
+            gate=self.gate,
         )
 
     def open(self) -> list[int]:
@@ -131,6 +137,22 @@ class Store:
                 )
                 m.IgnoredEvent.delete().where(m.IgnoredEvent.record_time < older_than).execute()
                 return deleted
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.call, run)
+
+    async def govern(self, change: Callable[[Sql], T]) -> T:
+        """A governance write in its own transaction, holding the event append lock.
+
+        Serialized with every event append and every other governance write on
+        all replicas, so approval decisions never race and audit ids become
+        visible in commit order. `change` raising rolls everything back.
+        """
+
+        def run() -> T:
+            with self.database.write_transaction():
+                self.database.lock_appends()
+                return change(self.database.sql)
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.database.call, run)
