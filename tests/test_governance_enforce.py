@@ -84,9 +84,9 @@ def test_pending_failed_and_aborted_are_never_blocked(governed):
 def test_an_existing_deployment_named_by_id_is_still_checked(governed):
     queued = governed.record(status=PENDING, deployment_id="deploy-7").event.deployment
     assert queued.id == "deploy-7"
-    code, info = refused(lambda: governed.record(status=STARTED, deployment_id="deploy-7"))
+    _, info = refused(lambda: governed.record(status=STARTED, deployment_id="deploy-7"))
     assert info.reason == "APPROVAL_REQUIRED"
-    _code, info = refused(lambda: governed.record(status=COMPLETED, deployment_id="deploy-7"))
+    _, info = refused(lambda: governed.record(status=COMPLETED, deployment_id="deploy-7"))
     assert info.reason == "APPROVAL_REQUIRED"
     assert [d.status for d in governed.history()] == [PENDING]
 
@@ -143,7 +143,7 @@ reason = "year-end freeze"
 
 @rules(FREEZE_NOW.format(mode="enforce"))
 def test_enforced_freeze_refuses_with_window_end(governed):
-    _code, info = refused(lambda: governed.record())
+    _, info = refused(lambda: governed.record())
     assert info.reason == "NO_DEPLOY_WINDOW"
     assert info.metadata["window_end"] == "2999-01-01T00:00:00Z"
     assert int(info.metadata["retry_after"]) > 0
@@ -194,14 +194,14 @@ soak = "1h"
 
 @rules(FLOW.format(mode="enforce"))
 def test_enforced_flow_needs_the_version_completed_in_staging_for_the_soak(governed):
-    code, info = refused(lambda: governed.record())
+    _, info = refused(lambda: governed.record())
     assert info.reason == "FLOW_VIOLATION"
     assert info.metadata["missing_environment"] == "staging*"
     # Another version in staging does not count.
     governed.record(environment_name="staging-eu", version="0.9.0", status=COMPLETED)
     assert refused(lambda: governed.record())[1].reason == "FLOW_VIOLATION"
     governed.record(environment_name="staging-eu", status=COMPLETED)
-    _code, info = refused(lambda: governed.record())
+    _, info = refused(lambda: governed.record())
     assert info.reason == "INSUFFICIENT_SOAK_TIME"
     assert 3000 < int(info.metadata["retry_after"]) <= 3600
     # Completed in staging more than an hour ago (backfilled): allowed.
@@ -249,7 +249,7 @@ products = ["sh*"]
 @rules(CONCURRENCY.format(mode="enforce"))
 def test_enforced_concurrency_refuses_a_second_open_deployment(governed):
     first = governed.record(version="1.0.0").event.deployment
-    _code, info = refused(lambda: governed.record(version="1.1.0"))
+    _, info = refused(lambda: governed.record(version="1.1.0"))
     assert info.reason == "CONCURRENT_DEPLOYMENT"
     assert info.metadata["conflicting_deployment_id"] == first.id
     # Another product is not affected; nor is queueing.
@@ -264,7 +264,7 @@ def test_enforced_concurrency_refuses_a_second_open_deployment(governed):
 def test_concurrency_serves_a_queue_in_order(governed):
     first = governed.record(version="1.0.0", status=PENDING).event.deployment
     second = governed.record(version="1.1.0", status=PENDING).event.deployment
-    _code, info = refused(lambda: governed.record(deployment_id=second.id, version="1.1.0"))
+    _, info = refused(lambda: governed.record(deployment_id=second.id, version="1.1.0"))
     assert info.metadata["conflicting_deployment_id"] == first.id
     assert governed.record(deployment_id=first.id).event.deployment.status == STARTED
 
