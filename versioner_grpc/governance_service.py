@@ -9,6 +9,7 @@ approvals then need allow_self_approval).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -33,6 +34,10 @@ from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
 
 ANONYMOUS = "anonymous"
+MAX_WAIT_US = 60_000_000
+# How often a long poll re-reads the request, for decisions made on other replicas
+# (decisions made here wake it at once).
+RECHECK_SECONDS = 1.0
 DEFAULT_PAGE_SIZE = 50
 DEFAULT_AUDIT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -56,6 +61,9 @@ class GovernanceService(gpb_grpc.GovernanceServiceServicer):  # type: ignore[mis
     ) -> None:
         self.store = store
         self.on_approved = on_approved
+        # Long polls waiting on a request, woken by a decision made on this replica.
+        self._decided: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, int] = {}
 
     async def RequestApproval(
         self, request: gpb.RequestApprovalRequest, context: grpc.aio.ServicerContext
@@ -97,6 +105,9 @@ class GovernanceService(gpb_grpc.GovernanceServiceServicer):  # type: ignore[mis
         )
         if found.state == ap.APPROVED:
             self.on_approved((now - found.create_time) / 1e6)
+        waiting = self._decided.pop(approval_id, None)
+        if waiting is not None:
+            waiting.set()
         return convert_governance.approval(found, now)
 
     async def Approve(
@@ -115,10 +126,34 @@ class GovernanceService(gpb_grpc.GovernanceServiceServicer):  # type: ignore[mis
         self, request: gpb.GetApprovalRequest, context: grpc.aio.ServicerContext
     ) -> gpb.GetApprovalResponse:
         approval_id = validate_identifier("approval_id", request.approval_id)
-        found = await self.store.read(lambda sql: governance.get_approval(sql, approval_id))
-        if found is None:
-            raise NotFound(f"no approval request {approval_id!r}")
-        return gpb.GetApprovalResponse(approval=convert_governance.approval(found, now_us()))
+        wait = 0
+        if request.HasField("wait"):
+            wait = request.wait.seconds * 1_000_000 + request.wait.nanos // 1000
+            if wait < 0:
+                raise invalid("wait", "must not be negative")
+        deadline = now_us() + min(wait, MAX_WAIT_US)
+        while True:
+            found = await self.store.read(lambda sql: governance.get_approval(sql, approval_id))
+            if found is None:
+                raise NotFound(f"no approval request {approval_id!r}")
+            now = now_us()
+            if found.effective_state(now) != ap.PENDING or now >= deadline:
+                return gpb.GetApprovalResponse(approval=convert_governance.approval(found, now))
+            await self._wait_for_decision(approval_id, min(deadline, found.expire_time) - now)
+
+    async def _wait_for_decision(self, approval_id: str, left_us: int) -> None:
+        """Sleep until a decision on this replica wakes us, or RECHECK_SECONDS at most."""
+        event = self._decided.setdefault(approval_id, asyncio.Event())
+        self._waiters[approval_id] = self._waiters.get(approval_id, 0) + 1
+        try:
+            await asyncio.wait_for(event.wait(), min(max(left_us, 0) / 1e6, RECHECK_SECONDS))
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters[approval_id] -= 1
+            if not self._waiters[approval_id]:
+                del self._waiters[approval_id]
+                self._decided.pop(approval_id, None)
 
     async def ListApprovals(
         self, request: gpb.ListApprovalsRequest, context: grpc.aio.ServicerContext

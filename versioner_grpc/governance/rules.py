@@ -446,6 +446,8 @@ def _rule(entry: dict[str, Any], where: str, line: int) -> Rule:
     if len(name) > 100 or any(ord(c) < 32 for c in name):
         raise fail("'name' must be at most 100 printable characters")
     kind = entry.get("kind")
+    if kind is None:
+        raise fail(f"'kind' is required: one of {', '.join(KINDS)}")
     if kind not in KINDS:
         raise fail(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     mode = entry.get("mode", "enforce")

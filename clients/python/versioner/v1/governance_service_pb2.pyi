@@ -138,10 +138,12 @@ class RejectResponse(_message.Message):
     def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
 
 class GetApprovalRequest(_message.Message):
-    __slots__ = ("approval_id",)
+    __slots__ = ("approval_id", "wait")
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
     approval_id: str
-    def __init__(self, approval_id: _Optional[str] = ...) -> None: ...
+    wait: _duration_pb2.Duration
+    def __init__(self, approval_id: _Optional[str] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetApprovalResponse(_message.Message):
     __slots__ = ("approval",)
