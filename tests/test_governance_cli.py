@@ -110,7 +110,7 @@ def test_run_waits_for_an_approver_in_another_process_then_runs(governed, tmp_pa
     assert run.poll() is None and not marker.exists()  # waiting, not running
     approved = versioner(governed, "bob", "approvals", "approve", approval_id)
     assert approved.returncode == 0, approved.stderr
-    out, err = run.communicate(timeout=60)
+    _, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     assert marker.read_text() == "deployed"
     assert f"approval {approval_id} requested" in err and "deployments:approve" in err
