@@ -8,7 +8,6 @@ value (aggregate it with `max without(instance)`).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 
@@ -20,7 +19,6 @@ from versioner_grpc.domain.errors import Unavailable
 from versioner_grpc.store import governance
 from versioner_grpc.store.database import Database
 
-log = logging.getLogger(__name__)
 # Seconds from request to approval: a minute to a day.
 WAIT_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 
@@ -30,17 +28,25 @@ class _Pending(Collector):
         self.database = database
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "versioner_approvals_pending", "Approval requests waiting for a decision (unexpired)."
-        )
         now = time.time_ns() // 1000
         try:
             with self.database.db.connection_context():
-                count = self.database.call(lambda: governance.pending_count(self.database.sql, now))
+                count, oldest = self.database.call(
+                    lambda: governance.pending_summary(self.database.sql, now)
+                )
         except Unavailable:
             return
-        family.add_metric([], count)
-        yield family
+        pending = GaugeMetricFamily(
+            "versioner_approvals_pending", "Approval requests waiting for a decision (unexpired)."
+        )
+        pending.add_metric([], count)
+        yield pending
+        age = GaugeMetricFamily(
+            "versioner_approval_oldest_pending_seconds",
+            "How long the oldest pending approval request has been waiting (0: none).",
+        )
+        age.add_metric([], (now - oldest) / 1e6 if oldest is not None else 0.0)
+        yield age
 
 
 class GovernanceMetrics:

@@ -470,9 +470,11 @@ def expire_due(sql: Sql, now: int) -> int:
     return len(rows)
 
 
-def pending_count(sql: Sql, now: int) -> int:
-    return int(
-        sql.value(
-            "SELECT COUNT(*) FROM approval WHERE state = ? AND expire_time > ?", (ap.PENDING, now)
-        )
+def pending_summary(sql: Sql, now: int) -> tuple[int, int | None]:
+    """How many requests are pending (unexpired), and the oldest one's create time."""
+    row = sql.row(
+        "SELECT COUNT(*), MIN(create_time) FROM approval WHERE state = ? AND expire_time > ?",
+        (ap.PENDING, now),
     )
+    assert row is not None
+    return int(row[0]), row[1]
