@@ -259,3 +259,34 @@ def test_sighup_reloads_the_rules_file_of_a_server_process(tmp_path):
         assert server.proc.poll() is None
     finally:
         assert server.stop() == 0
+
+
+class _NoStore:
+    """Freeze rules must decide without the store: any question fails the test."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"a freeze rule asked the store {name}")
+
+
+def test_cached_freeze_decision_follows_the_window_boundaries():
+    ruleset = rules.parse(
+        b'[[rule]]\nname = "weekend"\nkind = "freeze"\nschedule = "0 18 * * FRI"\n'
+        b'duration = "62h"\ntimezone = "Europe/Berlin"\n'
+    )
+    target = rules.Target("shop", "1", "production")
+    facts = _NoStore()
+    times = [
+        (us(2026, 10, 23, 17, 59), False),
+        (us(2026, 10, 23, 18, 0), True),
+        (us(2026, 10, 26, 7, 59), True),
+        (us(2026, 10, 26, 8, 0), False),
+        (us(2026, 10, 30, 17, 0), False),
+        (us(2026, 10, 30, 19, 0), True),
+        (us(2026, 10, 23, 19, 0), True),  # back in time: recomputed, not served stale
+        (us(2026, 10, 22, 19, 0), False),
+    ]
+    for now, frozen in times:
+        blocking = ruleset.evaluate(target, facts, now).blocking  # type: ignore[arg-type]
+        assert (blocking is not None) == frozen, rules.rfc3339(now)
+        _, start, until = rules.freeze_state(ruleset.rules[0], now)
+        assert start <= now < until

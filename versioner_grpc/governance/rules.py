@@ -197,6 +197,9 @@ class RuleSet:
         self.source = source
         self.sha256 = sha256
         self._places: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        # Freeze decisions per rule with the span they hold for: a cron window is
+        # computed again only when that span ends, not on every event.
+        self._windows: dict[str, tuple[int | None, int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -230,17 +233,24 @@ class RuleSet:
         rules = self.covering(target.product, target.environment)
         if not rules:
             return Verdict(())
-        return Verdict(tuple(_evaluate(rule, target, facts, now) for rule in rules))
+        windows = self._windows
+        return Verdict(tuple(_evaluate(rule, target, facts, now, windows) for rule in rules))
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def _evaluate(rule: Rule, target: Target, facts: Facts, now: int) -> Result:
+def _evaluate(
+    rule: Rule,
+    target: Target,
+    facts: Facts,
+    now: int,
+    windows: dict[str, tuple[int | None, int, int]],
+) -> Result:
     if rule.kind == "approval":
         found = _approval(rule, target, facts, now)
     elif rule.kind == "freeze":
-        found = _freeze(rule, now)
+        found = _freeze(rule, now, windows)
     elif rule.kind == "flow":
         found = _flow(rule, target, facts, now)
     else:
@@ -287,25 +297,41 @@ def _approval(rule: Rule, target: Target, facts: Facts, now: int) -> Result:
 
 def freeze_window_end(rule: Rule, now: int) -> int | None:
     """The end (µs) of the freeze window `now` is in, or None outside every window."""
+    return freeze_state(rule, now)[0]
+
+
+def freeze_state(rule: Rule, now: int) -> tuple[int | None, int, int]:
+    """(window end or None, valid from, valid until): the answer holds in [from, until)."""
     if rule.window is not None:
-        if rule.window.start <= now < rule.window.end:
-            return rule.window.end
-        return None
+        start, end = rule.window.start, rule.window.end
+        if now < start:
+            return None, -(2**62), start
+        if now < end:
+            return end, start, end
+        return None, end, 2**62
     tz = ZoneInfo(rule.timezone)
     aware_now = dt.datetime.fromtimestamp(now / US, tz)
     local_now = aware_now.replace(tzinfo=None)
     # The most recent fire time (croniter's get_prev excludes an exact match).
-    start_local = croniter(rule.schedule, local_now + dt.timedelta(seconds=1)).get_prev(dt.datetime)
+    start_local = croniter(rule.schedule, local_now + dt.timedelta(seconds=1)).get_prev(
+        dt.datetime
+    )
+    # The duration runs in local wall-clock time: DST changes move the UTC end.
     end_local = start_local + dt.timedelta(microseconds=rule.duration)
-    start = start_local.replace(tzinfo=tz)
-    end = end_local.replace(tzinfo=tz)
-    if start <= aware_now < end:
-        return int(end.timestamp() * US)
-    return None
+    start = int(start_local.replace(tzinfo=tz).timestamp() * US)
+    end = int(end_local.replace(tzinfo=tz).timestamp() * US)
+    if start <= now < end:
+        return end, start, end
+    next_local = croniter(rule.schedule, local_now).get_next(dt.datetime)
+    next_start = int(next_local.replace(tzinfo=tz).timestamp() * US)
+    return None, max(end, start), max(next_start, now + 1)
 
 
-def _freeze(rule: Rule, now: int) -> Result:
-    end = freeze_window_end(rule, now)
+def _freeze(rule: Rule, now: int, cache: dict[str, tuple[int | None, int, int]]) -> Result:
+    cached = cache.get(rule.name)
+    if cached is None or not cached[1] <= now < cached[2]:
+        cached = cache[rule.name] = freeze_state(rule, now)
+    end = cached[0]
     if end is None:
         return Result(rule, Outcome.PASS)
     end_text = rfc3339(end)
