@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -327,3 +328,46 @@ def test_racing_approvers_needing_two_lose_no_decision(governed):
 
 async def _reload_tokens(governed: Governed) -> None:
     governed.running.server.reload_tokens()
+
+
+def test_expired_requests_are_swept_to_expired_and_audited_once(config, tmp_path):
+    running = Governed(
+        replace(config, approval_sweep_interval=0.2), tmp_path, approval_rules(ttl="1s")
+    )
+    try:
+        approval = running.request_approval("ci")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not running.audit("approval.expired"):
+            time.sleep(0.1)
+        expired = running.audit("approval.expired")
+        assert [e.approval_id for e in expired] == [approval.id]
+        time.sleep(0.5)  # more sweeps: still one entry
+        assert len(running.audit("approval.expired")) == 1
+        stored = running.gov.GetApproval(
+            gpb.GetApprovalRequest(approval_id=approval.id),
+            metadata=running.auth("ci"),
+            timeout=TIMEOUT,
+        ).approval
+        assert stored.state == EXPIRED
+    finally:
+        running.stop()
+
+
+def test_long_poll_answers_when_another_principal_decides(governed):
+    approval = governed.request_approval("ci")
+    answer: list[gpb.Approval] = []
+
+    def wait() -> None:
+        request = gpb.GetApprovalRequest(approval_id=approval.id)
+        request.wait.FromSeconds(30)
+        answer.append(
+            governed.gov.GetApproval(request, metadata=governed.auth("ci"), timeout=40).approval
+        )
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    assert not answer  # still waiting
+    governed.approve("bob", approval.id)
+    waiter.join(35)
+    assert answer and answer[0].state == APPROVED

@@ -53,7 +53,7 @@ def _page_size(value: int, default: int) -> int:
     return min(value or default, MAX_PAGE_SIZE)
 
 
-class GovernanceService(gpb_grpc.GovernanceServiceServicer):  # type: ignore[misc]
+class GovernanceService(gpb_grpc.GovernanceServiceServicer):
     """The versioner.v1.GovernanceService servicer."""
 
     def __init__(

@@ -96,7 +96,8 @@ class Writer:
         """Apply a batch in one transaction; answer every request after the commit.
 
         No savepoint per event: apply_event raises rule violations before it
-        writes anything, so a rejected event leaves nothing behind. Anything else
+        writes anything, so a rejected event leaves nothing behind (but the audit
+        row of a governance refusal, which commits with the batch on purpose). Anything else
         (a bug) rolls the whole batch back, and then each event is retried alone
         so that only the faulty one fails.
         """
