@@ -313,9 +313,7 @@ def freeze_state(rule: Rule, now: int) -> tuple[int | None, int, int]:
     aware_now = dt.datetime.fromtimestamp(now / US, tz)
     local_now = aware_now.replace(tzinfo=None)
     # The most recent fire time (croniter's get_prev excludes an exact match).
-    start_local = croniter(rule.schedule, local_now + dt.timedelta(seconds=1)).get_prev(
-        dt.datetime
-    )
+    start_local = croniter(rule.schedule, local_now + dt.timedelta(seconds=1)).get_prev(dt.datetime)
     # The duration runs in local wall-clock time: DST changes move the UTC end.
     end_local = start_local + dt.timedelta(microseconds=rule.duration)
     start = int(start_local.replace(tzinfo=tz).timestamp() * US)
