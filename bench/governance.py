@@ -87,15 +87,22 @@ def write_rules(directory: Path) -> Path:
 
 
 def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean calls/s per variant and the ratio with rules / without."""
+    """Mean calls/s per variant and the ratio with rules / without; the same from CPU
+    per call (without's / with's), which a busy shared machine disturbs far less."""
     rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for cell in cells:
         rates.setdefault(cell["variant"], []).append(cell["calls_per_s"])
+        cpu.setdefault(cell["variant"], []).append(cell["cpu_us_per_call"])
     mean = {name: round(sum(v) / len(v), 1) for name, v in rates.items()}
+    cpu_mean = {name: round(sum(v) / len(v), 1) for name, v in cpu.items()}
     baseline = mean.get("no rules") or 0.0
     with_rules = mean.get("10 rules") or 0.0
+    cpu_base, cpu_rules = cpu_mean.get("no rules") or 0.0, cpu_mean.get("10 rules") or 0.0
     return {
         "cells": cells,
         "per_s": mean,
+        "cpu_us_per_call": cpu_mean,
         "ratio": round(with_rules / baseline, 3) if baseline else None,
+        "cpu_ratio": round(cpu_base / cpu_rules, 3) if cpu_rules else None,
     }

@@ -427,15 +427,19 @@ def _rules(backend: str, label: str, rules: dict[str, Any], checks: Checks) -> s
     )
     rows = [
         [c["variant"], c["calls_per_s"], f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}",
-         c["server_cores"], c["foreign_cores"]]
+         c["cpu_us_per_call"], c["server_cores"], c["foreign_cores"]]
         for c in rules["cells"]
     ]  # fmt: skip
     return "\n".join(
         [
             f"\n{backend}, {label}: RecordEvent with a 10-rule governance file "
             "(bench/governance.py)",
-            table(["rules", "calls/s", "p50 ms", "p99 ms", "server cores", "foreign"], rows),
-            f"10 rules / no rules: {rules['ratio']} ({target})",
+            table(
+                ["rules", "calls/s", "p50 ms", "p99 ms", "CPU us/call", "server cores", "foreign"],
+                rows,
+            ),
+            f"10 rules / no rules: {rules['ratio']} ({target}); from CPU per call: "
+            f"{rules.get('cpu_ratio')}",
         ]
     )
 

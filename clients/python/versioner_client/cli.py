@@ -655,10 +655,13 @@ def cmd_run(
 
     with settings.client() as client:
         if args.wait_for_approval is not None:
-            code = approvals_cli.wait_for_approval(
-                client, args.product, args.version, args.environment, deployment_id,
-                args.wait_for_approval,
-            )  # fmt: skip
+            try:
+                code = approvals_cli.wait_for_approval(
+                    client, args.product, args.version, args.environment, deployment_id,
+                    args.wait_for_approval,
+                )  # fmt: skip
+            except VersionerError as error:
+                code = report_error(error, settings)  # 0 only for --fail-open outages
             if code != EXIT_OK:
                 return code
         with SignalRelay() as relay:
