@@ -371,3 +371,47 @@ def test_long_poll_answers_when_another_principal_decides(governed):
     governed.approve("bob", approval.id)
     waiter.join(35)
     assert answer and answer[0].state == APPROVED
+
+
+def test_governance_service_is_listed_by_reflection_and_health(governed):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(governed.running.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    response = next(iter(reflection.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)))
+    names = {s.name for s in response.list_services_response.service}
+    assert "versioner.v1.GovernanceService" in names
+    health = health_pb2_grpc.HealthStub(governed.running.channel)
+    status = health.Check(
+        health_pb2.HealthCheckRequest(service="versioner.v1.GovernanceService"), timeout=TIMEOUT
+    )
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_without_an_auth_file_every_caller_is_anonymous(config, tmp_path):
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(approval_rules() + approval_rules(allow_self=True).replace(
+        'name = "prod-approval"', 'name = "staging-approval"').replace(
+        '["production"]', '["staging"]'))  # fmt: skip
+    running = start_server(config, rules_file=str(rules_file))
+    try:
+        gov = gpb_grpc.GovernanceServiceStub(running.channel)
+
+        def request(env: str) -> gpb.Approval:
+            return gov.RequestApproval(
+                gpb.RequestApprovalRequest(product_name="a", version="1", environment_name=env),
+                timeout=TIMEOUT,
+            ).approval
+
+        prod = request("production")
+        assert prod.requested_by == "anonymous"
+        _, info = refused(
+            lambda: gov.Approve(gpb.ApproveRequest(approval_id=prod.id), timeout=TIMEOUT)
+        )
+        assert info.reason == "SELF_APPROVAL"
+        staging = request("staging")
+        approved = gov.Approve(gpb.ApproveRequest(approval_id=staging.id), timeout=TIMEOUT)
+        assert approved.approval.state == APPROVED
+    finally:
+        running.stop()
