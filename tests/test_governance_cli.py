@@ -147,3 +147,14 @@ def test_run_without_waiting_is_refused_by_the_rule(governed, tmp_path):
     _, err = run.communicate(timeout=60)
     assert run.returncode == 5 and "APPROVAL_REQUIRED" in err
     assert not marker.exists()
+
+
+def test_record_with_override_reason_needs_the_override_scope(governed):
+    args = ["record", *TARGET, "--status", "started", "--override-reason", "INC-9 outage"]
+    denied = versioner(governed, "ci", *args)
+    assert denied.returncode == 4 and "deployments:override" in denied.stderr
+    allowed = versioner(governed, "oncall", *args)
+    assert allowed.returncode == 0, allowed.stderr
+    deployment = governed.history()[0]
+    assert deployment.override_reason == "INC-9 outage"
+    assert [v.rule_name for v in deployment.rule_violations] == ["prod-approval"]

@@ -310,6 +310,15 @@ def test_rule_decisions_are_counted_in_metrics(governed):
         text = reply.read().decode()
     assert 'versioner_rule_decisions_total{outcome="block",rule="prod-approval"} 1.0' in text
     assert "versioner_approvals_pending 0" in text
-    governed.request_approval()
+    approval = governed.request_approval()
     with urllib.request.urlopen(governed.running.metrics_url, timeout=TIMEOUT) as reply:
-        assert "versioner_approvals_pending 1.0" in reply.read().decode()
+        text = reply.read().decode()
+    assert "versioner_approvals_pending 1.0" in text
+    assert "versioner_approval_wait_seconds_count 0.0" in text
+    governed.approve("bob", approval.id)
+    governed.record()
+    with urllib.request.urlopen(governed.running.metrics_url, timeout=TIMEOUT) as reply:
+        text = reply.read().decode()
+    assert "versioner_approvals_pending 0" in text
+    assert "versioner_approval_wait_seconds_count 1.0" in text
+    assert 'versioner_rule_decisions_total{outcome="pass",rule="prod-approval"} 1.0' in text
