@@ -108,6 +108,8 @@ def define_models(database: pw.Database) -> Models:
                 (("product", "environment", "version", "create_time", "id"), False),
                 # Previous completed deployment by end time (rollbacks).
                 (("product", "environment", "status", "end_time"), False),
+                # Governance flow rules: where a version completed (migration 3).
+                (("product", "version", "status", "end_time"), False),
             )
 
     class Event(Base):
@@ -276,6 +278,10 @@ def _v3_governance(models: Models) -> None:
     for name in ("approval_id", "override_reason", "rule_violations"):
         if name not in columns:
             migrate_schema(migrator.add_column(table, name, getattr(models.Deployment, name)))
+    db.execute_sql(
+        f"CREATE INDEX IF NOT EXISTS {table}_product_version_status_end_time "
+        f"ON {table} (product, version, status, end_time)"
+    )
 
 
 # Append only: a migration, once released, is never edited. v1 creates tables
