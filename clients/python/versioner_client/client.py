@@ -1,4 +1,5 @@
-"""A typed, synchronous Python client for versioner.v1.DeploymentService.
+"""A typed, synchronous Python client for versioner.v1.DeploymentService (and the
+GovernanceService calls: approvals, ``check_rules``, ``audit_page``).
 
 What it adds over the raw stubs:
 
