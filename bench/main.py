@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import options, procs, report, seed
+from bench import governance, options, procs, report, seed
 from bench.options import size_label
 from bench.runner import LoadPool
 from bench.stats import ratio
@@ -124,6 +124,9 @@ class Run:
                 if index == 0 and "watch" in args.suites and backend in args.watch_backends:
                     result["watch"] = watch_suite(s, pool, server, null, f"{backend} {label}")
                     result["leak"] = leak_check(s, pool, server)
+                if index == 0 and "rules" in args.suites:
+                    result["rules"] = self.rules(pool, server, null, url, tag)
+                    server = self.live[-1]
                 if index == len(args.sizes) - 1 and "metrics" in args.suites:
                     result["metrics"] = self.metrics(pool, server, null, url, tag)
             except Exception as exc:
@@ -180,6 +183,33 @@ class Run:
             f"  RecordEvent {s.metrics_inflight} in flight: "
             + ", ".join(f"{name} {value:.0f}/s" for name, value in mean.items())
             + f"; on / {out['record']['baseline']} = {out['record']['ratio']}"
+        )
+        return out
+
+    def rules(
+        self, pool: LoadPool, server: procs.ServerProc, null: procs.ServerProc, url: str, tag: str
+    ) -> dict[str, Any]:
+        """RecordEvent without rules and with the 10-rule file, alternating (issue 10)."""
+        s = self.settings
+        if not procs.versioner_has_flag("--rules-file"):
+            return {"skipped": "this server has no --rules-file"}
+        path = governance.write_rules(self.tmp)
+        variants = [("no rules", []), ("10 rules", ["--rules-file", str(path)])]
+        variants = variants * (2 if self.args.quick else 3)  # alternated: drift shows
+        cells = []
+        for index, (name, extra) in enumerate(variants):
+            server.stop()
+            server = self.versioner(url, metrics=False, extra=extra)
+            cell = record_metrics_cell(s, pool, server, null, f"{tag}g{index}{int(time.time())}")
+            cell["variant"] = name
+            cells.append(cell)
+        server.stop()
+        self.versioner(url)  # as the other suites expect it: metrics on, no rules
+        out = governance.summarize(cells)
+        _say(
+            f"  RecordEvent {s.metrics_inflight} in flight: "
+            + ", ".join(f"{name} {value:.0f}/s" for name, value in out["per_s"].items())
+            + f"; 10 rules / no rules = {out['ratio']}"
         )
         return out
 

@@ -110,6 +110,8 @@ def render(results: dict[str, Any]) -> str:
                 parts.append(_leak(backend, label, size["leak"]))
             if "metrics" in size:
                 parts.append(_metrics(backend, label, size["metrics"], checks))
+            if "rules" in size and "cells" in size["rules"]:
+                parts.append(_rules(backend, label, size["rules"], checks))
     parts.append("\nseeding (bulk SQL, server stopped)")
     rows = []
     for backend, data in results["backends"].items():
@@ -412,6 +414,32 @@ def _metrics(backend: str, label: str, metrics: dict[str, Any], checks: Checks) 
             ),
             f"on / {rec['baseline']}: {rec['ratio']} ({target}); on / off (no endpoint): "
             f"{rec['ratio_endpoint_only']}",
+        ]
+    )
+
+
+RULES_TARGET = 0.9
+
+
+def _rules(backend: str, label: str, rules: dict[str, Any], checks: Checks) -> str:
+    target = checks.add(
+        f"RecordEvent 10 rules vs none, {backend} {label}", rules["ratio"], RULES_TARGET
+    )
+    rows = [
+        [c["variant"], c["calls_per_s"], f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}",
+         c["cpu_us_per_call"], c["server_cores"], c["foreign_cores"]]
+        for c in rules["cells"]
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            f"\n{backend}, {label}: RecordEvent with a 10-rule governance file "
+            "(bench/governance.py)",
+            table(
+                ["rules", "calls/s", "p50 ms", "p99 ms", "CPU us/call", "server cores", "foreign"],
+                rows,
+            ),
+            f"10 rules / no rules: {rules['ratio']} ({target}); from CPU per call: "
+            f"{rules.get('cpu_ratio')}",
         ]
     )
 

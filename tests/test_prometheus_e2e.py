@@ -79,6 +79,7 @@ MUST_BE_EMPTY = {
     "alerts.yml VersionerDeploymentFailureRateHigh": "no place has 3 failures",
     "alerts.yml VersionerNoRecentProductionDeployment": "the last completion was 1h ago",
     "alerts.yml VersionerGrpcServerErrors": "no call ended Unknown/Internal/...",
+    "alerts.yml VersionerApprovalWaitingTooLong": "no approval request waited 4 hours",
 }
 # Expressions that may legitimately be empty. The dashboard annotations compare the last
 # deployment timestamp with its value `offset 1m`: Prometheus has been running for less
@@ -247,6 +248,24 @@ def record_phase_a(stub, base: float) -> None:
     record(stub, STARTED, "api", "production", "9.0.0", base + 400)  # stays in progress
     with pytest.raises(grpc.RpcError):  # a non-OK gRPC code, for the error panels
         stub.RecordEvent(pb.RecordEventRequest(status=COMPLETED))
+    record_blocked(stub)
+
+
+def record_blocked(stub) -> None:
+    """An attempt the freeze rule of FROZEN_RULES refuses (the governance panels)."""
+    with pytest.raises(grpc.RpcError) as refused:
+        record(stub, STARTED, "frozen", "production", "1.0.0", time.time())
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+FROZEN_RULES = """
+[[rule]]
+name = "frozen-product"
+kind = "freeze"
+products = ["frozen"]
+start = 2020-01-01T00:00:00Z
+end = 2999-01-01T00:00:00Z
+"""
 
 
 def record_phase_b(stub, base: float) -> None:
@@ -262,6 +281,7 @@ def record_phase_b(stub, base: float) -> None:
     record(stub, STARTED, "shop", "production", "1.4.0", base + 1900)  # stays in progress
     record(stub, FAILED, "shop", "staging", "1.1.0", base + 1100)
     record(stub, COMPLETED, "shop", "staging", "1.2.0", base + 1200)
+    record_blocked(stub)
 
 
 def stored_numbers(prometheus: Prometheus) -> dict[str, dict]:
@@ -290,6 +310,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
             "!!! prometheus not installed: apt-get install prometheus. The end-to-end "
             "test against a real Prometheus did NOT run !!!"
         )
+    (tmp_path / "rules.toml").write_text(FROZEN_RULES)
     config = Config(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
@@ -297,6 +318,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
         health_interval=0.2,
         progress_interval=0.5,
         poll_interval=0.5,
+        rules_file=str(tmp_path / "rules.toml"),
     )
     server = RunningServer(config)
     prometheus = None

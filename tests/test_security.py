@@ -412,7 +412,7 @@ def test_recorded_by_cannot_be_forged_by_the_client(secured, tokens):
         request_serializer=lambda b: b,
         response_deserializer=pb.RecordEventResponse.FromString,
     )
-    smuggled = _with_unknown_string_field(request(version="9.9.9", deployed_by="x"), 14, "admin")
+    smuggled = _with_unknown_string_field(request(version="9.9.9", deployed_by="x"), 15, "admin")
     response = record_raw(smuggled, metadata=bearer(tokens.writer), timeout=TIMEOUT)
     assert response.event.deployment.version == "9.9.9"
     assert response.event.recorded_by == "ci-writer"

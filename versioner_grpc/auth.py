@@ -29,19 +29,39 @@ from versioner_grpc.domain.errors import PermissionDenied, Unauthenticated
 
 READ = "deployments:read"
 WRITE = "deployments:write"
-SCOPES = (READ, WRITE)
+APPROVE = "deployments:approve"
+OVERRIDE = "deployments:override"
+SCOPES = (READ, WRITE, APPROVE, OVERRIDE)
 SERVICE = "/versioner.v1.DeploymentService/"
+GOVERNANCE = "/versioner.v1.GovernanceService/"
 # The scope each RPC needs. Anything not listed (health, reflection) is open.
 REQUIRED_SCOPE = {
     SERVICE + "RecordEvent": WRITE,
     SERVICE + "GetCurrent": READ,
     SERVICE + "ListHistory": READ,
     SERVICE + "WatchDeployments": READ,
+    GOVERNANCE + "RequestApproval": WRITE,
+    GOVERNANCE + "Approve": APPROVE,
+    GOVERNANCE + "Reject": APPROVE,
+    GOVERNANCE + "GetApproval": READ,
+    GOVERNANCE + "ListApprovals": READ,
+    GOVERNANCE + "CheckRules": READ,
+    GOVERNANCE + "ListAudit": READ,
 }
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 # The principal of the call being served; empty when authentication is off.
 principal_name: contextvars.ContextVar[str] = contextvars.ContextVar("principal", default="")
+# The scopes of that call's token; None when authentication is off (all allowed).
+principal_scopes: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "principal_scopes", default=None
+)
+
+
+def has_scope(scope: str) -> bool:
+    """Whether the call being served may use `scope` (always, without authentication)."""
+    scopes = principal_scopes.get()
+    return scopes is None or scope in scopes
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,7 @@ class TokenFile:
             raise Unauthenticated("unknown or revoked token")
         if scope not in token.scopes:
             raise PermissionDenied(f"token {token.name!r} lacks the {scope} scope")
+        principal_scopes.set(token.scopes)
         return token.name
 
 

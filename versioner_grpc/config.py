@@ -36,6 +36,9 @@ class Config:
     max_metadata_bytes: int = 16 * 1024
     keepalive_seconds: float = 60.0
     skip_metric_projection: bool = False
+    # Governance (docs/DESIGN.md section 6).
+    rules_file: str = ""
+    approval_sweep_interval: float = 10.0
 
 
 HELP = {
@@ -66,6 +69,11 @@ HELP = {
     "ping no more often than every 10 s)",
     "skip_metric_projection": "benchmarking only: do not maintain the deployment-metric "
     "tables (events recorded meanwhile are missing from the metrics for good)",
+    "rules_file": "TOML file of deployment rules (approval, freeze, flow, concurrency); "
+    "reloaded on SIGHUP, a broken file keeps the old rules (check one with "
+    "`versioner-server rules check FILE`)",
+    "approval_sweep_interval": "seconds between marking expired approval requests EXPIRED "
+    "(an expired request never lets anything through, swept or not)",
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",

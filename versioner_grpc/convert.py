@@ -79,6 +79,15 @@ def deployment(d: Deployment) -> pb.Deployment:
         fields["duration"] = _time(d.duration)
     if d.scm_commit_time is not None:
         fields["scm_commit_time"] = _time(d.scm_commit_time)
+    if d.approval_id:
+        fields["approval_id"] = d.approval_id
+    if d.override_reason:
+        fields["override_reason"] = d.override_reason
+    if d.rule_violations:
+        fields["rule_violations"] = [
+            pb.RuleViolation(rule_name=v.rule_name, kind=v.kind, reason=v.reason, message=v.message)
+            for v in d.rule_violations
+        ]
     msg = pb.Deployment(**fields)
     if d.metadata:
         msg.extra_metadata.update(d.metadata)

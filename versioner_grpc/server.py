@@ -19,14 +19,20 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from versioner.v1 import deployment_service_pb2 as pb
+from versioner.v1 import governance_service_pb2 as gpb
+from versioner.v1 import governance_service_pb2_grpc as gpb_grpc
 
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable
+from versioner_grpc.governance import audit
+from versioner_grpc.governance import rules as governance_rules
+from versioner_grpc.governance_service import GovernanceService
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentMetrics
+from versioner_grpc.metrics.governance import GovernanceMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
 from versioner_grpc.service import DeploymentService, add_to_server
@@ -35,6 +41,7 @@ from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
+GOVERNANCE_SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["GovernanceService"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -112,22 +119,28 @@ class Server:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.deployment_metrics = DeploymentMetrics(self.store)
+        self.governance_metrics = GovernanceMetrics(self.registry, self.store)
+        self.store.gate.count = self.governance_metrics.count
         self.health = HealthServicer()
         self.tokens: TokenFile | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: MetricsServer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[object]] = []
         self.watch: WatchHub | None = None
 
     async def start(self) -> None:
         check_exposure(self.config)
         self.tokens = TokenFile(self.config.auth_file) if self.config.auth_file else None
+        if self.config.rules_file:
+            self.store.gate.rules = governance_rules.load(self.config.rules_file)
         loop = asyncio.get_running_loop()
         applied = await loop.run_in_executor(None, self.store.open)
         if applied:
             log.info("schema migrated", extra=fields(event="migrated", migrations=applied))
+        if self.config.rules_file:
+            await self._rules_loaded(self.store.gate.rules, "start")
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(GrpcMetrics(self.registry), self.tokens)],
             options=server_options(self.config),
@@ -141,10 +154,14 @@ class Server:
         )
         await self.watch.start()
         add_to_server(DeploymentService(self.store, self.watch), server)
+        gpb_grpc.add_GovernanceServiceServicer_to_server(
+            GovernanceService(self.store, self.governance_metrics.approved_after), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 SERVICE_NAME,
+                GOVERNANCE_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -169,6 +186,7 @@ class Server:
             self.metrics_port = self._metrics_http.port
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
+        self._tasks.append(asyncio.create_task(self._expire_approvals()))
         if self.config.event_retention_days > 0:
             self._tasks.append(asyncio.create_task(self._compact_periodically()))
         log.info(
@@ -192,13 +210,55 @@ class Server:
             return
         log.info("auth file reloaded", extra=fields(event="auth_reloaded", tokens=count))
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the auth file and the rules file."""
+        self.reload_tokens()
+        if self.config.rules_file:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.reload_rules()))
+
+    async def reload_rules(self) -> bool:
+        """Re-read the rules file; a broken file keeps the old rules and logs an error."""
+        try:
+            loaded = governance_rules.load(self.config.rules_file)
+        except governance_rules.RulesError as exc:
+            log.error("rules not reloaded: %s", exc, extra=fields(event="rules_reload_failed"))
+            return False
+        self.store.gate.rules = loaded
+        await self._rules_loaded(loaded, "reload")
+        return True
+
+    async def _rules_loaded(self, loaded: governance_rules.RuleSet, why: str) -> None:
+        details = {
+            "path": loaded.source,
+            "sha256": loaded.sha256,
+            "rules": [r.name for r in loaded.rules],
+            "trigger": why,
+        }
+        try:
+            await self.store.audit(now_us(), audit.RULES_RELOADED, details)
+        except Unavailable as exc:
+            log.warning("rules load not audited: %s", exc)
+        log.info(
+            "rules loaded",
+            extra=fields(event="rules_loaded", rules=len(loaded), sha256=loaded.sha256),
+        )
+
+    async def _expire_approvals(self) -> None:
+        """Mark approval requests EXPIRED once past their expire time (audited once)."""
+        while True:
+            await asyncio.sleep(self.config.approval_sweep_interval)
+            try:
+                await self.store.expire_approvals(now_us())
+            except Unavailable as exc:
+                log.warning("approval expiry skipped: %s", exc)
+
     async def _set_health(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, GOVERNANCE_SERVICE_NAME):
             await self.health.set(name, status)
 
     async def _watch_database(self) -> None:
@@ -264,7 +324,7 @@ async def serve(config: Config) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stop.wait()
     log.info("shutting down", extra=fields(event="shutdown"))
     await server.stop()

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from versioner_grpc import auth, config, logs
+from versioner_grpc.governance import rules
 from versioner_grpc.server import serve
 
 
@@ -16,6 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return token_command(args[1:])
+    if args[:1] == ["rules"]:
+        return rules_command(args[1:])
     cfg = config.parse(args)
     logs.configure(cfg.log_level)
     try:
@@ -60,4 +63,34 @@ def token_command(argv: list[str]) -> int:
         "this is the only time it is shown. Send the server SIGHUP to load it.",
         file=sys.stderr,
     )
+    return 0
+
+
+def rules_command(argv: list[str]) -> int:
+    """`versioner-server rules check FILE`: validate a rules file, list its rules."""
+    parser = argparse.ArgumentParser(
+        prog="versioner-server rules",
+        description="Deployment rules (--rules-file). Exit 0 when the file is valid, 1 if not.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    check = sub.add_parser("check", help="validate a rules file")
+    check.add_argument("file", help="the TOML rules file")
+    args = parser.parse_args(argv)
+    try:
+        loaded = rules.load(args.file)
+    except rules.RulesError as exc:
+        print(f"versioner-server rules: {exc}", file=sys.stderr)
+        return 1
+    for rule in loaded.rules:
+        scope = []
+        if rule.scope.environments:
+            scope.append("environments " + ", ".join(rule.scope.environments))
+        if rule.scope.environment_types:
+            scope.append(
+                "types " + ", ".join(sorted(t.name.lower() for t in rule.scope.environment_types))
+            )
+        if rule.scope.products:
+            scope.append("products " + ", ".join(rule.scope.products))
+        print(f"{rule.name}: {rule.kind}, {rule.mode}; {'; '.join(scope) or 'everywhere'}")
+    print(f"{args.file}: {len(loaded)} rule(s) OK (sha256 {loaded.sha256[:12]})", file=sys.stderr)
     return 0

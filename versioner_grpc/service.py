@@ -18,10 +18,10 @@ import grpc
 from versioner.v1 import deployment_service_pb2 as pb
 
 from versioner_grpc import convert, pagetoken
-from versioner_grpc.auth import principal_name
+from versioner_grpc.auth import OVERRIDE, has_scope, principal_name
 from versioner_grpc.cache import LruCache
 from versioner_grpc.domain.clock import now_us
-from versioner_grpc.domain.errors import invalid
+from versioner_grpc.domain.errors import PermissionDenied, invalid
 from versioner_grpc.domain.filters import Filters, PageKey
 from versioner_grpc.domain.model import Deployment, EnvironmentState, StoredEvent
 from versioner_grpc.domain.validation import validate_event, validate_filters
@@ -69,7 +69,10 @@ class DeploymentService:
             metadata_bytes=request.extra_metadata.ByteSize() if has_metadata else 0,
             scm_commit_time=convert.optional_us(request, "scm_commit_time"),
             recorded_by=principal_name.get(),
+            override_reason=request.override_reason,
         )
+        if event.override_reason and not has_scope(OVERRIDE):
+            raise PermissionDenied(f"override_reason needs the {OVERRIDE} scope")
         result = await self.store.record(event)
         return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)
 

@@ -29,6 +29,10 @@ class FailedPrecondition(VersionerError):
         super().__init__(message)
 
 
+class NotFound(VersionerError):
+    """A thing the call names does not exist (e.g. an approval id)."""
+
+
 class ResourceExhausted(VersionerError):
     """A limit was reached (too many watchers, a watcher too slow)."""
 

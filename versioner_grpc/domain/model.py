@@ -62,6 +62,17 @@ class EventInput:
     metadata: dict[str, Any] | None = None
     scm_commit_time: int | None = None
     recorded_by: str = ""
+    override_reason: str = ""  # break-glass: pass every rule (scope deployments:override)
+
+
+@dataclass(frozen=True)
+class RuleViolation:
+    """A rule in report mode that was not satisfied (or one an override passed)."""
+
+    rule_name: str
+    kind: str
+    reason: str
+    message: str
 
 
 @dataclass
@@ -86,6 +97,10 @@ class Deployment:
     previous_version: str = ""
     is_rollback: bool = False
     scm_commit_time: int | None = None
+    # Governance: what let it through (docs/DESIGN.md section 6).
+    approval_id: str = ""
+    override_reason: str = ""
+    rule_violations: tuple[RuleViolation, ...] = ()
 
     @property
     def duration(self) -> int | None:

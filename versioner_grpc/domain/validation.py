@@ -24,6 +24,7 @@ MAX_SHA = 64
 MAX_URL = 2048
 MAX_ID = 128  # event_id, deployment_id
 MAX_METADATA_BYTES = 64 * 1024
+MAX_REASON = 1000  # override_reason, approval reason and comments
 FUTURE_TOLERANCE_US = 5 * 60 * 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 _SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
@@ -82,6 +83,7 @@ def validate_event(
     metadata_bytes: int = 0,
     scm_commit_time: int | None = None,
     recorded_by: str = "",
+    override_reason: str = "",
 ) -> EventInput:
     """Check a RecordEvent request and return its normalized form."""
     v = _Violations()
@@ -116,6 +118,7 @@ def validate_event(
             v.add("scm_commit_time", "must be after 1970-01-01")
     event_id = _identifier(v, "event_id", event_id)
     deployment_id = _identifier(v, "deployment_id", deployment_id)
+    override_reason = _name(v, "override_reason", override_reason, MAX_REASON, False)
     v.raise_any()
     return EventInput(
         product=product,
@@ -133,6 +136,7 @@ def validate_event(
         metadata=metadata or None,
         scm_commit_time=scm_commit_time,
         recorded_by=recorded_by,
+        override_reason=override_reason,
     )
 
 
@@ -167,3 +171,35 @@ def validate_filters(
         since=since,
         until=until,
     )
+
+
+def validate_triple(
+    product: str, version: str, environment: str, *, version_required: bool = True
+) -> tuple[str, str, str]:
+    """Product, version and environment of a governance call, normalized."""
+    v = _Violations()
+    triple = (
+        _name(v, "product_name", product, MAX_PRODUCT, True),
+        _name(v, "version", version, MAX_VERSION, version_required),
+        _name(v, "environment_name", environment, MAX_ENVIRONMENT, True),
+    )
+    v.raise_any()
+    return triple
+
+
+def validate_text(field: str, raw: str, limit: int = MAX_REASON) -> str:
+    """An optional free-text field (reason, comment): bounded, no control characters."""
+    v = _Violations()
+    value = _name(v, field, raw, limit, False)
+    v.raise_any()
+    return value
+
+
+def validate_identifier(field: str, raw: str) -> str:
+    """A required id (e.g. approval_id)."""
+    v = _Violations()
+    value = _identifier(v, field, raw)
+    if not value:
+        v.add(field, "must not be empty")
+    v.raise_any()
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from versioner_grpc.domain.model import Deployment, EnvironmentType, Status
+from versioner_grpc.domain.model import Deployment, EnvironmentType, RuleViolation, Status
 from versioner_grpc.store.sql import Row
 
 
@@ -13,7 +13,8 @@ def deployment_from_tuple(row: Row) -> Deployment:
     """A Deployment from a row selected with sql.DEPLOYMENT_COLUMNS, in that order."""
     (id_, product, version, environment, env_type, status, deployed_by, scm_branch, scm_sha,
      build_url, metadata, create_time, update_time, start_time, end_time, previous_version,
-     is_rollback, scm_commit_time) = row  # fmt: skip
+     is_rollback, scm_commit_time, *governance) = row  # fmt: skip
+    approval_id, override_reason, violations = governance or ("", "", "")
     return Deployment(
         id=id_,
         product=product,
@@ -33,6 +34,9 @@ def deployment_from_tuple(row: Row) -> Deployment:
         previous_version=previous_version,
         is_rollback=bool(is_rollback),
         scm_commit_time=scm_commit_time,
+        approval_id=approval_id or "",
+        override_reason=override_reason or "",
+        rule_violations=violations_from_text(violations),
     )
 
 
@@ -57,7 +61,22 @@ def deployment_tuple(d: Deployment) -> Row:
         d.previous_version,
         d.is_rollback,
         d.scm_commit_time,
+        d.approval_id,
+        d.override_reason,
+        violations_text(d.rule_violations),
     )
+
+
+def violations_text(violations: tuple[RuleViolation, ...]) -> str:
+    if not violations:
+        return ""
+    return json.dumps([[v.rule_name, v.kind, v.reason, v.message] for v in violations])
+
+
+def violations_from_text(text: str | None) -> tuple[RuleViolation, ...]:
+    if not text:
+        return ()
+    return tuple(RuleViolation(*item) for item in json.loads(text))
 
 
 def snapshot(d: Deployment) -> str:

@@ -3,7 +3,8 @@
 Everything an event changes is written here, together: the deployment, the
 event row (with its revision), the version binding, the current-state row and
 the metric projection. The caller commits; a rule violation raises before
-anything is written. Fixed SQL (see sql.py): this runs for every event.
+anything is written (except a governance refusal's audit row). Fixed SQL (see
+sql.py): this runs for every event.
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ from versioner_grpc.store.codec import (
     deployment_tuple,
     snapshot,
 )
+from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, Sql
 
 _OPEN = (int(Status.PENDING), int(Status.STARTED))
 _INSERT_DEPLOYMENT = (
     f"INSERT INTO deployment ({DEPLOYMENT_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"VALUES ({', '.join('?' * len(DEPLOYMENT_COLUMNS.split(',')))})"
 )
 _UPDATE_DEPLOYMENT = (
     "UPDATE deployment SET status = ?, deployed_by = ?, scm_branch = ?, scm_sha = ?, "
     "build_url = ?, metadata = ?, update_time = ?, start_time = ?, end_time = ?, "
-    "previous_version = ?, is_rollback = ?, scm_commit_time = ? WHERE id = ?"
+    "previous_version = ?, is_rollback = ?, scm_commit_time = ?, approval_id = ?, "
+    "override_reason = ?, rule_violations = ? WHERE id = ?"
 )
 
 
@@ -58,9 +61,19 @@ class PlaceState:
 
 
 def apply_event(
-    sql: Sql, inp: EventInput, now: int, revision: int, *, project_metrics: bool = True
+    sql: Sql,
+    inp: EventInput,
+    now: int,
+    revision: int,
+    *,
+    project_metrics: bool = True,
+    gate: Gate | None = None,
 ) -> RecordResult:
-    """Apply `inp`; a stored (non-duplicate) result carries `revision`."""
+    """Apply `inp`; a stored (non-duplicate) result carries `revision`.
+
+    `gate` applies the governance rules; a refusal raises after writing only its
+    audit row (see store/governance.py).
+    """
     replay = _replay(sql, inp)
     if replay is not None:
         return replay
@@ -82,7 +95,12 @@ def apply_event(
             )  # fmt: skip
         return RecordResult(_unstored(inp, now, before), duplicate=True)
 
+    clearance = gate.clear(sql, inp, before, now) if gate is not None else None
     after = _next_state(before, inp, action, now)
+    if clearance is not None:
+        after.approval_id = clearance.approval_id
+        after.override_reason = clearance.override_reason
+        after.rule_violations = clearance.violations
     if after.status == Status.COMPLETED and action is not Action.FILL_START:
         _set_previous_and_rollback(sql, after)
     values = deployment_tuple(after)

@@ -28,6 +28,9 @@ class Models:
     CurrentState: type[pw.Model]
     MetricCounter: type[pw.Model]
     MetricBucket: type[pw.Model]
+    Approval: type[pw.Model]
+    ApprovalDecision: type[pw.Model]
+    AuditEntry: type[pw.Model]
 
     def all(self) -> list[type[pw.Model]]:
         return [
@@ -39,6 +42,9 @@ class Models:
             self.CurrentState,
             self.MetricCounter,
             self.MetricBucket,
+            self.Approval,
+            self.ApprovalDecision,
+            self.AuditEntry,
         ]
 
 
@@ -84,6 +90,10 @@ def define_models(database: pw.Database) -> Models:
         previous_version = pw.CharField(max_length=100, default="")
         is_rollback = pw.BooleanField(default=False)
         scm_commit_time = pw.BigIntegerField(null=True)
+        # Governance (migration 3): what let it through.
+        approval_id = pw.CharField(max_length=64, default="")
+        override_reason = pw.TextField(default="")
+        rule_violations = pw.TextField(default="")
 
         class Meta:
             indexes = (
@@ -98,6 +108,8 @@ def define_models(database: pw.Database) -> Models:
                 (("product", "environment", "version", "create_time", "id"), False),
                 # Previous completed deployment by end time (rollbacks).
                 (("product", "environment", "status", "end_time"), False),
+                # Governance flow rules: where a version completed (migration 3).
+                (("product", "version", "status", "end_time"), False),
             )
 
     class Event(Base):
@@ -172,6 +184,59 @@ def define_models(database: pw.Database) -> Models:
         class Meta:
             primary_key = pw.CompositeKey("product", "environment", "metric", "status", "bucket")
 
+    class Approval(Base):
+        """An approval request for (product, version, environment); state in the database."""
+
+        id = pw.CharField(max_length=64, primary_key=True)
+        product = pw.CharField(max_length=255)
+        version = pw.CharField(max_length=100)
+        environment = pw.CharField(max_length=100)
+        state = pw.CharField(max_length=16)
+        requested_by = pw.CharField(max_length=255)
+        reason = pw.TextField(default="")
+        required_approvals = pw.IntegerField()
+        allow_self_approval = pw.BooleanField(default=False)
+        create_time = pw.BigIntegerField()
+        expire_time = pw.BigIntegerField()
+        update_time = pw.BigIntegerField()
+
+        class Meta:
+            indexes = (
+                (("product", "version", "environment", "create_time"), False),
+                (("create_time", "id"), False),
+                (("state", "expire_time"), False),
+            )
+
+    class ApprovalDecision(Base):
+        """One principal's decision on one request (the key makes it once)."""
+
+        approval_id = pw.CharField(max_length=64)
+        principal = pw.CharField(max_length=255)
+        decision = pw.CharField(max_length=16)
+        comment = pw.TextField(default="")
+        time = pw.BigIntegerField()
+
+        class Meta:
+            primary_key = pw.CompositeKey("approval_id", "principal")
+
+    class AuditEntry(Base):
+        """Append-only governance trail; ids increase in commit order (see governance/audit)."""
+
+        id = pw.BigAutoField()
+        time = pw.BigIntegerField()
+        kind = pw.CharField(max_length=64)
+        principal = pw.CharField(max_length=255, default="")
+        product = pw.CharField(max_length=255, default="")
+        version = pw.CharField(max_length=100, default="")
+        environment = pw.CharField(max_length=100, default="")
+        approval_id = pw.CharField(max_length=64, default="")
+        deployment_id = pw.CharField(max_length=128, default="")
+        rule_name = pw.CharField(max_length=100, default="")
+        details = pw.TextField(default="{}")
+
+        class Meta:
+            indexes = ((("time",), False), (("principal", "id"), False))
+
     return Models(
         SchemaMigration,
         VersionBinding,
@@ -181,6 +246,9 @@ def define_models(database: pw.Database) -> Models:
         CurrentState,
         MetricCounter,
         MetricBucket,
+        Approval,
+        ApprovalDecision,
+        AuditEntry,
     )
 
 
@@ -200,11 +268,28 @@ def _v2_recorded_by(models: Models) -> None:
         migrate_schema(migrator.add_column(models.Event._meta.table_name, "recorded_by", field))
 
 
+def _v3_governance(models: Models) -> None:
+    """Approvals, decisions, the audit trail, and what let each deployment through."""
+    db = models.Deployment._meta.database
+    db.create_tables([models.Approval, models.ApprovalDecision, models.AuditEntry], safe=True)
+    table = models.Deployment._meta.table_name
+    columns = {c.name for c in db.get_columns(table)}
+    migrator = SchemaMigrator.from_database(db)
+    for name in ("approval_id", "override_reason", "rule_violations"):
+        if name not in columns:
+            migrate_schema(migrator.add_column(table, name, getattr(models.Deployment, name)))
+    db.execute_sql(
+        f"CREATE INDEX IF NOT EXISTS {table}_product_version_status_end_time "
+        f"ON {table} (product, version, status, end_time)"
+    )
+
+
 # Append only: a migration, once released, is never edited. v1 creates tables
 # from the current models, so later steps check before they alter.
 MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
     (1, _v1_initial),
     (2, _v2_recorded_by),
+    (3, _v3_governance),
 ]
 
 

@@ -18,7 +18,8 @@ import peewee as pw
 DEPLOYMENT_COLUMNS = (
     "id, product, version, environment, environment_type, status, deployed_by, scm_branch, "
     "scm_sha, build_url, metadata, create_time, update_time, start_time, end_time, "
-    "previous_version, is_rollback, scm_commit_time"
+    "previous_version, is_rollback, scm_commit_time, approval_id, override_reason, "
+    "rule_violations"
 )
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from versioner_grpc.cache import LruCache
 from versioner_grpc.domain.filters import Filters, PageKey
@@ -21,8 +21,12 @@ from versioner_grpc.domain.model import (
     RecordResult,
     StoredEvent,
 )
-from versioner_grpc.store import reads
+from versioner_grpc.governance.approvals import Approval
+from versioner_grpc.governance.audit import AuditEntry
+from versioner_grpc.governance.rules import ApprovalPolicy, RuleSet, Target, Verdict
+from versioner_grpc.store import governance, reads
 from versioner_grpc.store.database import Database
+from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notify import PostgresListener
 from versioner_grpc.store.reads import MetricRows
 from versioner_grpc.store.sql import Sql
@@ -53,8 +57,12 @@ class Store:
             READ_CACHE_ENTRIES, size=len, max_size=READ_CACHE_MAX_BYTES
         )
         self._metrics: LruCache[str, str] = LruCache(1)
+        self.gate = Gate(RuleSet())
         self.writer = Writer(
-            self.database, on_commit=self._committed, project_metrics=project_metrics
+            self.database,
+            on_commit=self._committed,
+            project_metrics=project_metrics,
+            gate=self.gate,
         )
 
     def open(self) -> list[int]:
@@ -182,6 +190,137 @@ class Store:
 
         with self.database.db.connection_context():
             return self.database.call(run)
+
+    # Governance --------------------------------------------------------------
+
+    async def _govern(self, change: Callable[[Sql], T]) -> T:
+        """A governance write in its own transaction, holding the event append lock.
+
+        Serialized with every event append and every other governance write on
+        all replicas, so approval decisions never race and audit ids become
+        visible in commit order. `change` raising rolls everything back.
+        """
+
+        def run() -> T:
+            with self.database.write_transaction():
+                self.database.lock_appends()
+                return change(self.database.sql)
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.call, run)
+
+    async def request_approval(
+        self,
+        *,
+        product: str,
+        version: str,
+        environment: str,
+        reason: str,
+        principal: str,
+        policy: ApprovalPolicy,
+        now: int,
+    ) -> tuple[Approval, bool]:
+        """The open request for the triple, or a new one; and whether it was created."""
+        return await self._govern(
+            lambda sql: governance.request_approval(
+                sql,
+                product=product,
+                version=version,
+                environment=environment,
+                reason=reason,
+                principal=principal,
+                policy=policy,
+                now=now,
+            )
+        )
+
+    async def decide_approval(
+        self, approval_id: str, principal: str, decision: str, comment: str, now: int
+    ) -> Approval:
+        """Record one principal's decision (audited); the request's state follows."""
+        return await self._govern(
+            lambda sql: governance.decide(sql, approval_id, principal, decision, comment, now)
+        )
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        return await self._read(lambda sql: governance.get_approval(sql, approval_id))
+
+    async def list_approvals(
+        self,
+        *,
+        product: str,
+        environment: str,
+        states: Sequence[str],
+        after: tuple[int, str] | None,
+        limit: int,
+        now: int,
+    ) -> tuple[list[Approval], tuple[int, str] | None]:
+        """Newest first, keyset-paged on (create_time, id)."""
+        return await self._read(
+            lambda sql: governance.list_approvals(
+                sql,
+                product=product,
+                environment=environment,
+                states=states,
+                after=after,
+                limit=limit,
+                now=now,
+            )
+        )
+
+    async def list_audit(
+        self,
+        *,
+        since: int | None,
+        until: int | None,
+        principal: str,
+        kinds: Sequence[str],
+        after_id: int,
+        limit: int,
+    ) -> tuple[list[AuditEntry], int]:
+        """Audit entries in id order after `after_id`; the id to continue from (0 = end)."""
+        return await self._read(
+            lambda sql: governance.list_audit(
+                sql,
+                since=since,
+                until=until,
+                principal=principal,
+                kinds=kinds,
+                after_id=after_id,
+                limit=limit,
+            )
+        )
+
+    async def audit(self, now: int, kind: str, details: dict[str, Any]) -> None:
+        """Append one audit entry of its own (e.g. rules reloaded)."""
+        await self._govern(lambda sql: governance.insert_audit(sql, now, kind, details=details))
+
+    async def expire_approvals(self, now: int) -> int:
+        """Mark open requests past their expire time EXPIRED (audited); return how many."""
+        return await self._govern(lambda sql: governance.expire_due(sql, now))
+
+    async def check_rules(self, rules: RuleSet, target: Target, now: int) -> Verdict:
+        """What RecordEvent would decide for `target` now (a read; nothing is written)."""
+
+        def question(sql: Sql) -> Verdict:
+            create_time = now
+            if target.deployment_id:
+                row = sql.row(
+                    "SELECT create_time FROM deployment WHERE id = ?", (target.deployment_id,)
+                )
+                create_time = row[0] if row else now
+            return rules.evaluate(target, governance.SqlFacts(sql, now, create_time), now)
+
+        return await self._read(question)
+
+    def pending_approvals(self, now: int) -> tuple[int, int | None]:
+        """Pending (unexpired) requests and the oldest one's create time, on this thread.
+
+        For the metrics collector at scrape time; raises Unavailable when the
+        database cannot be read.
+        """
+        with self.database.db.connection_context():
+            return self.database.call(lambda: governance.pending_summary(self.database.sql, now))
 
     async def ping(self) -> bool:
         loop = asyncio.get_running_loop()

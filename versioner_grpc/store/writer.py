@@ -22,6 +22,7 @@ from versioner_grpc.domain.errors import Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.store.database import Database
 from versioner_grpc.store.events import apply_event
+from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notify import CHANNEL
 from versioner_grpc.store.reads import head_revision
 
@@ -44,8 +45,10 @@ class Writer:
         on_commit: Callable[[list[StoredEvent]], None] = lambda events: None,
         max_batch: int = 256,
         project_metrics: bool = True,
+        gate: Gate | None = None,
     ) -> None:
         self.database = database
+        self.gate = gate
         self.project_metrics = project_metrics
         self.on_commit = on_commit
         self.max_batch = max_batch
@@ -91,7 +94,8 @@ class Writer:
         """Apply a batch in one transaction; answer every request after the commit.
 
         No savepoint per event: apply_event raises rule violations before it
-        writes anything, so a rejected event leaves nothing behind. Anything else
+        writes anything, so a rejected event leaves nothing behind (but the audit
+        row of a governance refusal, which commits with the batch on purpose). Anything else
         (a bug) rolls the whole batch back, and then each event is retried alone
         so that only the faulty one fails.
         """
@@ -114,6 +118,7 @@ class Writer:
                             now,
                             revision,
                             project_metrics=self.project_metrics,
+                            gate=self.gate,
                         )
                     except VersionerError as exc:
                         outcomes.append(exc)

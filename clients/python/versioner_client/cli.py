@@ -5,6 +5,8 @@
     versioner current [--product P] [--env E]
     versioner history [--product P] [--env E] [--status failed] [--since 7d]
     versioner watch   [--product P] [--env E] [--after-revision N]
+    versioner approvals request|approve|reject|list|show, check, audit (governance;
+              see versioner_client/approvals_cli.py)
 
 Settings come from, in order: command-line flags, VERSIONER_* environment
 variables (VERSIONER_ADDRESS, VERSIONER_TOKEN, VERSIONER_TLS, VERSIONER_CA_CERT,
@@ -39,6 +41,8 @@ from typing import Any, NoReturn, cast
 
 from versioner.v1 import deployment_service_pb2 as pb
 
+from versioner_client import approvals_cli
+from versioner_client.approvals_cli import DEFAULT_WAIT, parse_wait
 from versioner_client.ci import resolve_origin
 from versioner_client.client import DEFAULT_ADDRESS
 from versioner_client.errors import VersionerError
@@ -122,6 +126,7 @@ def _event_fields(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
         **_origin(args, env),
         "metadata": parse_metadata(args.metadata, args.metadata_json),
         "scm_commit_time": parse_time(args.scm_commit_time) if args.scm_commit_time else None,
+        "override_reason": args.override_reason,
     }
 
 
@@ -254,6 +259,16 @@ def cmd_run(
         return EXIT_OK
 
     with settings.client() as client:
+        if args.wait_for_approval is not None:
+            try:
+                code = approvals_cli.wait_for_approval(
+                    client, args.product, args.version, args.environment, deployment_id,
+                    args.wait_for_approval,
+                )  # fmt: skip
+            except VersionerError as error:
+                code = report_error(error, settings)  # 0 only for --fail-open outages
+            if code != EXIT_OK:
+                return code
         with SignalRelay() as relay:
             code = record(pb.DEPLOYMENT_STATUS_STARTED)
             if code != EXIT_OK:
@@ -325,6 +340,9 @@ def _event_parser() -> argparse.ArgumentParser:
     parser.add_argument("--build-url", help="link to the pipeline (default: from CI)")
     parser.add_argument("--scm-commit-time", help="ISO time of the commit (lead-time metrics)")
     parser.add_argument("--deployment-id", default="", help="ties several events to one deployment")
+    parser.add_argument(
+        "--override-reason", default="", help="break-glass past every rule (deployments:override)"
+    )
     meta = parser.add_mutually_exclusive_group()
     meta.add_argument(
         "--metadata",
@@ -443,11 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.set_defaults(handler=cmd_watch)
 
-    add(  # handled in main(): it also takes the command after --
+    run = add(  # handled in main(): it also takes the command after --
         "run",
         "record STARTED, run the command after --, record COMPLETED/FAILED/ABORTED",
         event,
     )
+    run.add_argument(
+        "--wait-for-approval",
+        nargs="?",
+        const=parse_wait(DEFAULT_WAIT),
+        type=parse_wait,
+        metavar="TIMEOUT",
+        help=f"when a rule needs an approval, request one and wait for it (default "
+        f"{DEFAULT_WAIT}); rejected, expired or timed out: exit 5 without running",
+    )
+    approvals_cli.add_parsers(sub, [connection], EPILOG)
     for add_parsers in command_groups():
         add_parsers(subparsers)
     return parser

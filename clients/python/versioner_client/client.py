@@ -1,4 +1,5 @@
-"""A typed, synchronous Python client for versioner.v1.DeploymentService.
+"""A typed, synchronous Python client for versioner.v1.DeploymentService (and the
+GovernanceService calls: approvals, ``check_rules``, ``audit_page``).
 
 What it adds over the raw stubs:
 
@@ -30,6 +31,8 @@ import grpc
 from google.protobuf.message import Message
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
+from versioner.v1 import governance_service_pb2 as gpb
+from versioner.v1 import governance_service_pb2_grpc as gpb_grpc
 
 from versioner_client.errors import Unavailable, VersionerError, from_rpc_error
 from versioner_client.statuses import parse_status
@@ -132,6 +135,7 @@ class VersionerClient:
         else:
             self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.DeploymentServiceStub(self._channel)
+        self._governance = gpb_grpc.GovernanceServiceStub(self._channel)
 
     def __enter__(self) -> VersionerClient:
         return self
@@ -172,6 +176,7 @@ class VersionerClient:
         event_id: str | None = None,
         deployment_id: str = "",
         scm_commit_time: datetime | None = None,
+        override_reason: str = "",
     ) -> pb.RecordEventResponse:
         """Record one status report about a deployment; safe to retry.
 
@@ -192,6 +197,7 @@ class VersionerClient:
             build_url=build_url,
             event_id=event_id or str(uuid.uuid4()),
             deployment_id=deployment_id,
+            override_reason=override_reason,
         )
         if metadata:
             request.extra_metadata.update(dict(metadata))
@@ -346,6 +352,91 @@ class VersionerClient:
             if on_reconnect is not None:
                 on_reconnect(error, delay, last)
             time.sleep(delay)
+
+    # ------------------------------------------------------------ governance
+
+    def request_approval(
+        self, product: str, version: str, environment: str, reason: str = ""
+    ) -> gpb.RequestApprovalResponse:
+        """Open an approval request (or get the open one for the same triple)."""
+        request = gpb.RequestApprovalRequest(
+            product_name=product, version=version, environment_name=environment, reason=reason
+        )
+        return self._unary(self._governance.RequestApproval, request)
+
+    def approve(self, approval_id: str, comment: str = "") -> gpb.Approval:
+        request = gpb.ApproveRequest(approval_id=approval_id, comment=comment)
+        return self._unary(self._governance.Approve, request).approval
+
+    def reject(self, approval_id: str, comment: str = "") -> gpb.Approval:
+        request = gpb.RejectRequest(approval_id=approval_id, comment=comment)
+        return self._unary(self._governance.Reject, request).approval
+
+    def get_approval(self, approval_id: str, wait: float = 0.0) -> gpb.Approval:
+        """The request; with ``wait`` seconds (at most 60), once decided or after that long."""
+        request = gpb.GetApprovalRequest(approval_id=approval_id)
+        if wait > 0:
+            request.wait.FromNanoseconds(int(wait * 1e9))
+        previous, self.timeout = self.timeout, self.timeout + max(0.0, wait)
+        try:
+            return self._unary(self._governance.GetApproval, request).approval
+        finally:
+            self.timeout = previous
+
+    def wait_for_approval(self, approval_id: str, timeout: float) -> gpb.Approval:
+        """Long-poll until the request is no longer PENDING, or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            approval = self.get_approval(approval_id, wait=min(max(left, 0.0), 30.0))
+            if approval.state != gpb.APPROVAL_STATE_PENDING or left <= 0:
+                return approval
+
+    def list_approvals(
+        self,
+        product: str = "",
+        environment: str = "",
+        states: Iterable[int] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> gpb.ListApprovalsResponse:
+        request = gpb.ListApprovalsRequest(
+            product_name=product,
+            environment_name=environment,
+            states=[gpb.ApprovalState.Name(s) for s in states],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._unary(self._governance.ListApprovals, request)
+
+    def check_rules(
+        self, product: str, version: str, environment: str, deployment_id: str = ""
+    ) -> gpb.CheckRulesResponse:
+        """What RecordEvent would decide now for starting this deployment."""
+        request = gpb.CheckRulesRequest(
+            product_name=product,
+            version=version,
+            environment_name=environment,
+            deployment_id=deployment_id,
+        )
+        return self._unary(self._governance.CheckRules, request)
+
+    def audit_page(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        principal: str = "",
+        kinds: Iterable[str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> gpb.ListAuditResponse:
+        request = gpb.ListAuditRequest(
+            principal=principal, kinds=list(kinds), page_size=page_size, page_token=page_token
+        )
+        _timestamp_field(request, "since", since)
+        _timestamp_field(request, "until", until)
+        return self._unary(self._governance.ListAudit, request)
 
 
 class _Cancellable(Protocol):

@@ -17,7 +17,9 @@ class Exit(enum.IntEnum):
     OK = 0
     ERROR = 1  # usage error, unreachable server, unexpected server error
     REJECTED = 4
-    CONFLICT = 5
+    CONFLICT = (
+        5  # also: blocked by a deployment rule (`versioner check`, `run --wait-for-approval`)
+    )
 
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED, EXIT_CONFLICT = (

@@ -41,7 +41,7 @@ ENVIRONMENT_TYPE_TEST: EnvironmentType
 ENVIRONMENT_TYPE_DEVELOPMENT: EnvironmentType
 
 class Deployment(_message.Message):
-    __slots__ = ("id", "product_name", "version", "environment_name", "environment_type", "status", "deployed_by", "scm_branch", "scm_sha", "build_url", "extra_metadata", "create_time", "start_time", "end_time", "update_time", "duration", "previous_version", "is_rollback", "scm_commit_time")
+    __slots__ = ("id", "product_name", "version", "environment_name", "environment_type", "status", "deployed_by", "scm_branch", "scm_sha", "build_url", "extra_metadata", "create_time", "start_time", "end_time", "update_time", "duration", "previous_version", "is_rollback", "scm_commit_time", "approval_id", "override_reason", "rule_violations")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,9 @@ class Deployment(_message.Message):
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     IS_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     SCM_COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_REASON_FIELD_NUMBER: _ClassVar[int]
+    RULE_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     product_name: str
     version: str
@@ -80,7 +83,22 @@ class Deployment(_message.Message):
     previous_version: str
     is_rollback: bool
     scm_commit_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., product_name: _Optional[str] = ..., version: _Optional[str] = ..., environment_name: _Optional[str] = ..., environment_type: _Optional[_Union[EnvironmentType, str]] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., deployed_by: _Optional[str] = ..., scm_branch: _Optional[str] = ..., scm_sha: _Optional[str] = ..., build_url: _Optional[str] = ..., extra_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., previous_version: _Optional[str] = ..., is_rollback: _Optional[bool] = ..., scm_commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    approval_id: str
+    override_reason: str
+    rule_violations: _containers.RepeatedCompositeFieldContainer[RuleViolation]
+    def __init__(self, id: _Optional[str] = ..., product_name: _Optional[str] = ..., version: _Optional[str] = ..., environment_name: _Optional[str] = ..., environment_type: _Optional[_Union[EnvironmentType, str]] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., deployed_by: _Optional[str] = ..., scm_branch: _Optional[str] = ..., scm_sha: _Optional[str] = ..., build_url: _Optional[str] = ..., extra_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., previous_version: _Optional[str] = ..., is_rollback: _Optional[bool] = ..., scm_commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approval_id: _Optional[str] = ..., override_reason: _Optional[str] = ..., rule_violations: _Optional[_Iterable[_Union[RuleViolation, _Mapping]]] = ...) -> None: ...
+
+class RuleViolation(_message.Message):
+    __slots__ = ("rule_name", "kind", "reason", "message")
+    RULE_NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    rule_name: str
+    kind: str
+    reason: str
+    message: str
+    def __init__(self, rule_name: _Optional[str] = ..., kind: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("revision", "event_id", "status", "event_time", "record_time", "deployment", "recorded_by")
@@ -101,7 +119,7 @@ class Event(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., event_id: _Optional[str] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., recorded_by: _Optional[str] = ...) -> None: ...
 
 class RecordEventRequest(_message.Message):
-    __slots__ = ("product_name", "version", "environment_name", "status", "deployed_by", "scm_branch", "scm_sha", "build_url", "extra_metadata", "event_time", "event_id", "deployment_id", "scm_commit_time")
+    __slots__ = ("product_name", "version", "environment_name", "status", "deployed_by", "scm_branch", "scm_sha", "build_url", "extra_metadata", "event_time", "event_id", "deployment_id", "scm_commit_time", "override_reason")
     PRODUCT_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +133,7 @@ class RecordEventRequest(_message.Message):
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCM_COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_REASON_FIELD_NUMBER: _ClassVar[int]
     product_name: str
     version: str
     environment_name: str
@@ -128,7 +147,8 @@ class RecordEventRequest(_message.Message):
     event_id: str
     deployment_id: str
     scm_commit_time: _timestamp_pb2.Timestamp
-    def __init__(self, product_name: _Optional[str] = ..., version: _Optional[str] = ..., environment_name: _Optional[str] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., deployed_by: _Optional[str] = ..., scm_branch: _Optional[str] = ..., scm_sha: _Optional[str] = ..., build_url: _Optional[str] = ..., extra_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., scm_commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    override_reason: str
+    def __init__(self, product_name: _Optional[str] = ..., version: _Optional[str] = ..., environment_name: _Optional[str] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., deployed_by: _Optional[str] = ..., scm_branch: _Optional[str] = ..., scm_sha: _Optional[str] = ..., build_url: _Optional[str] = ..., extra_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., scm_commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., override_reason: _Optional[str] = ...) -> None: ...
 
 class RecordEventResponse(_message.Message):
     __slots__ = ("event", "duplicate")
