@@ -24,6 +24,9 @@ from versioner_grpc.config import Config
 from versioner_grpc.server import Server
 
 POSTGRES_URL = os.environ.get("VERSIONER_TEST_POSTGRES_URL", "")
+# Servers started as processes by the tests pick a free HTTP port, never the
+# default 8080 that parallel runs would fight over.
+os.environ.setdefault("VERSIONER_HTTP_LISTEN", "127.0.0.1:0")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -39,6 +42,8 @@ class RunningServer:
         self.run(self.server.start())
         self.address = f"127.0.0.1:{self.server.grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        scheme = "https" if config.tls_cert else "http"
+        self.http_url = f"{scheme}://127.0.0.1:{self.server.http_port}"
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.DeploymentServiceStub(self.channel)
 
@@ -115,6 +120,7 @@ def config(database_url: str) -> Config:
     return Config(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
         database_url=database_url,
         health_interval=0.2,
         progress_interval=0.5,

@@ -29,6 +29,9 @@ from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
+from versioner_grpc.metrics.http_metrics import HttpMetrics
+from versioner_grpc.rest.app import create_app
+from versioner_grpc.rest.serve import HttpServer
 from versioner_grpc.service import DeploymentService
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
@@ -40,9 +43,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def check_exposure(config: Config) -> None:
-    """Secure by default: beyond loopback only with an auth file, or --insecure."""
-    host = config.listen.rpartition(":")[0]
-    if host in LOOPBACK or host.startswith("127."):
+    """Secure by default: beyond loopback only with an auth file, or --insecure.
+
+    Applies to the gRPC and the HTTP address alike: both take the same writes.
+    """
+    addresses = [config.listen]
+    if config.http_listen.lower() != "off":
+        addresses.append(config.http_listen)
+    exposed = [a for a in addresses if not _loopback(a.rpartition(":")[0])]
+    if not exposed:
         return
     if config.auth_file:
         if not config.tls_cert:
@@ -53,14 +62,18 @@ def check_exposure(config: Config) -> None:
         return
     if not config.insecure:
         raise ValueError(
-            f"refusing to listen on {config.listen} without --auth-file: anyone who can "
+            f"refusing to listen on {exposed[0]} without --auth-file: anyone who can "
             "reach it could write deployments (pass --insecure to allow it anyway)"
         )
     log.warning(
         "listening on %s with no authentication (--insecure)",
-        config.listen,
+        ", ".join(exposed),
         extra=fields(event="insecure"),
     )
+
+
+def _loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -115,7 +128,10 @@ class Server:
         self.tokens: TokenFile | None = None
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self.serving = False  # what /health answers: the gRPC health status, as a flag
         self._grpc: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
         self._metrics_http: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watch: WatchHub | None = None
@@ -139,9 +155,8 @@ class Server:
             poll_interval=self.config.poll_interval,
         )
         await self.watch.start()
-        pb_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(self.store, self.watch), server
-        )
+        service = DeploymentService(self.store, self.watch)
+        pb_grpc.add_DeploymentServiceServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
@@ -168,6 +183,17 @@ class Server:
                 self.config.metrics_listen, self.registry, self.deployment_metrics
             )
             self.metrics_port = self._metrics_http.port
+        if self.config.http_listen.lower() != "off":
+            app = create_app(
+                service,
+                tokens=self.tokens,
+                metrics=HttpMetrics(self.registry),
+                serving=lambda: self.serving,
+                max_body=self.config.max_message_bytes,
+            )
+            self._http = HttpServer(app, self.config)
+            await self._http.start()
+            self.http_port = self._http.port
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
         if self.config.event_retention_days > 0:
@@ -178,6 +204,9 @@ class Server:
                 event="serving",
                 grpc_address=f"{host}:{self.grpc_port}",
                 metrics_address=f"{mhost}:{self.metrics_port}" if self.metrics_port else "",
+                http_address=self.config.http_listen.rpartition(":")[0] + f":{self.http_port}"
+                if self._http
+                else "",
                 database=_redacted(self.config.database_url),
             ),
         )
@@ -194,6 +223,7 @@ class Server:
         log.info("auth file reloaded", extra=fields(event="auth_reloaded", tokens=count))
 
     async def _set_health(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -232,11 +262,14 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` seconds), close."""
         grace = self.config.shutdown_grace if grace is None else grace
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
         if self.watch is not None:
-            await self.watch.close()
+            await self.watch.close()  # ends gRPC and SSE watch streams alike
+        if self._http is not None:
+            await self._http.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._metrics_http is not None:

@@ -16,9 +16,14 @@ from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from versioner_grpc import convert, pagetoken
 from versioner_grpc.auth import principal_name
-from versioner_grpc.domain.errors import invalid
+from versioner_grpc.domain.errors import NotFound, invalid
 from versioner_grpc.domain.model import StoredEvent
-from versioner_grpc.domain.validation import Filters, validate_event, validate_filters
+from versioner_grpc.domain.validation import (
+    Filters,
+    validate_deployment_id,
+    validate_event,
+    validate_filters,
+)
 from versioner_grpc.store import reads
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.store import Store
@@ -103,9 +108,19 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         key = ("ListHistory", filters.key(), after, limit)
         return await self.store.read_cached(key, answer)  # type: ignore[return-value]
 
-    async def WatchDeployments(
-        self, request: pb.WatchDeploymentsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchDeploymentsResponse | bytes]:
+    async def get_deployment(self, deployment_id: str) -> pb.Deployment:
+        """One deployment by id (the HTTP API's GET /deployments/{id}); NOT_FOUND if none."""
+        key = validate_deployment_id(deployment_id)
+        found = await self.store.deployment(key)
+        if found is None:
+            raise NotFound(f"deployment_id: no deployment {key!r}")
+        return convert.deployment(found)
+
+    def watch_items(self, request: pb.WatchDeploymentsRequest) -> AsyncIterator[StoredEvent | int]:
+        """Validate a watch request now; the events and progress revisions it streams.
+
+        Shared by WatchDeployments and the HTTP event stream, so both resume alike.
+        """
         filters = validate_filters(
             product=request.product_name,
             environment=request.environment_name,
@@ -114,7 +129,12 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         after = request.after_revision if request.HasField("after_revision") else None
         if after is not None and after < 0:
             raise invalid("after_revision", "must not be negative")
-        async for item in self.watch.stream(filters, after):
+        return self.watch.stream(filters, after)
+
+    async def WatchDeployments(
+        self, request: pb.WatchDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchDeploymentsResponse | bytes]:
+        async for item in self.watch_items(request):
             if isinstance(item, int):
                 yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())
             else:

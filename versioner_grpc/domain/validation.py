@@ -137,6 +137,20 @@ def validate_event(
     )
 
 
+def validate_deployment_id(raw: str) -> str:
+    """A deployment id a lookup names: RecordEvent's rule for ids, and not empty.
+
+    The id is a database key, never a file path, so "../x" is merely an id that
+    does not exist.
+    """
+    v = _Violations()
+    value = _identifier(v, "deployment_id", raw)
+    if not value and not v.items:
+        v.add("deployment_id", "must not be empty")
+    v.raise_any()
+    return value
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which deployments or events a reader wants; empty means all."""

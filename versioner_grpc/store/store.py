@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
+from versioner_grpc.domain.model import Deployment, EventInput, RecordResult, StoredEvent
 from versioner_grpc.domain.validation import Filters
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
@@ -107,6 +107,10 @@ class Store:
         self, after: int, limit: int, filters: Filters | None = None
     ) -> tuple[list[StoredEvent], int]:
         return await self.read(lambda sql: reads.events_page(sql, after, limit, filters))
+
+    async def deployment(self, deployment_id: str) -> Deployment | None:
+        """The deployment with this id, or None when there is none."""
+        return await self.read(lambda sql: reads.deployment_by_id(sql, deployment_id))
 
     async def revisions(self) -> tuple[int, int]:
         """(oldest, newest) stored revision; (0, 0) when empty."""
