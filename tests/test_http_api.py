@@ -25,6 +25,7 @@ from versioner.v1 import deployment_service_pb2 as pb
 
 from tests.certs import make_pki
 from tests.conftest import RunningServer, start_server
+from tests.processes import ServerProcess
 from tests.test_security import Tokens
 
 TIMEOUT = 10.0  # per request: a hang fails the test instead of stalling it
@@ -571,3 +572,44 @@ def test_http_over_tls_uses_the_grpc_certificate(config, tmp_path):
             assert answer.revision == 1
     finally:
         running.stop()
+
+
+def test_sse_streams_end_when_the_server_stops_and_stop_does_not_hang(config):
+    running = start_server(config)
+    with (
+        httpx.Client(base_url=running.http_url, timeout=TIMEOUT) as client,
+        client.stream("GET", "/deployments/watch", params={"after_revision": 0}) as resp,
+    ):
+        messages = read_sse(resp)
+        stopper = threading.Thread(target=running.stop)
+        stopper.start()
+        ending = [m for m in messages if m.get("event") == "error"]
+        stopper.join(TIMEOUT * 3)
+    assert not stopper.is_alive()
+    assert json.loads(ending[0]["data"])["status"] == 503  # resume elsewhere
+
+
+def test_one_process_serves_grpc_and_http_and_drains_both_on_sigterm(tmp_path):
+    process = ServerProcess(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "127.0.0.1:0",
+        "--database-url", f"sqlite:///{tmp_path}/v.db",
+    )  # fmt: skip
+    try:
+        url = f"http://{process.http_address}"
+        assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200
+        body = httpx.post(url + "/deployment-events/", json=event(), timeout=TIMEOUT).json()
+        answer = process.stub.GetCurrent(pb.GetCurrentRequest(), timeout=TIMEOUT)
+        assert answer.states[0].current.id == body["id"]
+    finally:
+        code = process.stop()
+    assert code == 0
+    assert any(line.get("event") == "stopped" for line in process.lines)
+
+
+def test_http_beyond_loopback_needs_an_auth_file_too(tmp_path):
+    with pytest.raises(RuntimeError, match="server exited"):
+        ServerProcess(
+            "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "0.0.0.0:0",
+            "--database-url", f"sqlite:///{tmp_path}/v.db",
+        )  # fmt: skip
+    assert not (tmp_path / "v.db").exists()
