@@ -36,7 +36,13 @@ SEED_SUCCESS = b"""{
   "version": "1.2.3",
   "environment_name": "production",
   "status": "success",
-  "deployed_by": "ci-bot"
+  "deployed_by": "john.doe",
+  "scm_branch": "main",
+  "scm_sha": "abc123def456",
+  "build_url": "https://ci.example.com/builds/123",
+  "extra_metadata": {
+    "deployment_duration_seconds": 120
+  }
 }"""
 SEED_STARTED = (
     b'{"product_name": "api-gateway", "version": "2.0.0", "environment_name": "staging", '
@@ -94,7 +100,10 @@ def test_seed_examples_are_accepted_and_answered_with_versioner_fields(server, a
     assert body["environment_name"] == "production"
     assert body["environment_type"] == "production"
     assert body["status"] == "completed"  # "success" comes back as the canonical word
-    assert body["deployed_by"] == "ci-bot"
+    assert body["deployed_by"] == "john.doe"
+    assert body["scm_branch"] == "main" and body["scm_sha"] == "abc123def456"
+    assert body["build_url"] == "https://ci.example.com/builds/123"
+    assert body["extra_metadata"] == {"deployment_duration_seconds": 120}
     assert body["completed_at"] == body["deployed_at"]
     assert body["revision"] == 1 and body["duplicate"] is False and body["id"]
 

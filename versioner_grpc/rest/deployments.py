@@ -58,7 +58,11 @@ SEED_EXAMPLES: list[dict[str, Any]] = [
         "version": "1.2.3",
         "environment_name": "production",
         "status": "success",
-        "deployed_by": "ci-bot",
+        "deployed_by": "john.doe",
+        "scm_branch": "main",
+        "scm_sha": "abc123def456",
+        "build_url": "https://ci.example.com/builds/123",
+        "extra_metadata": {"deployment_duration_seconds": 120},
     },
     {
         "product_name": "api-gateway",
