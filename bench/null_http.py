@@ -20,7 +20,7 @@ import signal
 from dataclasses import replace
 from typing import Any
 
-from fastapi import Depends
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
@@ -40,7 +40,7 @@ from versioner_grpc.rest.serve import HttpServer
 log = logging.getLogger("bench.null_http")
 
 
-def null_app(max_body: int) -> FastAPIOffline:
+def null_app(max_body: int) -> FastAPI:
     recorded = null_responses()["RecordEvent"]
     assert isinstance(recorded, pb.RecordEventResponse)
     answer: dict[str, Any] = views.recorded(recorded)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import httpx
@@ -27,6 +28,7 @@ from tests.certs import make_pki
 from tests.conftest import RunningServer, start_server
 from tests.processes import ServerProcess
 from tests.test_security import Tokens
+from tests.test_server_process import TcpProxy, postgres_database, wait_until  # noqa: F401 (fixture)
 
 TIMEOUT = 10.0  # per request: a hang fails the test instead of stalling it
 
@@ -340,6 +342,14 @@ def test_bad_event_bodies_get_the_right_4xx_naming_the_field_and_write_nothing(
     assert stored(server) == (0, 0)
 
 
+def test_nul_bytes_inside_extra_metadata_are_data_kept_exactly(server, api):
+    sent = event(extra_metadata={"log": "a\x00b", "k\x00": "v"}, note="x\x00y")
+    body = post(api, sent)
+    assert body.status_code == 200, body.text
+    again = api.get(f"/deployments/{body.json()['id']}").json()["extra_metadata"]
+    assert again == {"log": "a\x00b", "k\x00": "v", "_unknown.note": "x\x00y"}
+
+
 def test_a_10_mib_body_without_content_length_is_413_too(server):
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
@@ -622,3 +632,25 @@ def test_http_beyond_loopback_needs_an_auth_file_too(tmp_path):
             "--database-url", f"sqlite:///{tmp_path}/v.db",
         )  # fmt: skip
     assert not (tmp_path / "v.db").exists()
+
+
+def test_health_is_503_and_writes_are_503_while_postgresql_is_unreachable(request):
+    parts = urlsplit(request.getfixturevalue("postgres_database"))
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    process = ServerProcess(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "127.0.0.1:0",
+        "--database-url", via_proxy, "--health-interval", "0.2",
+    )  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://{process.http_address}", timeout=TIMEOUT) as client:
+            assert client.get("/health").status_code == 200
+            proxy.stop()
+            wait_until(lambda: client.get("/health").status_code == 503, 10, "503 while down")
+            assert client.get("/health").json() == {"status": "not_serving"}
+            refused = post(client, event())
+            assert refused.status_code == 503, refused.text
+            assert isinstance(refused.json()["detail"], str)
+    finally:
+        proxy.stop()
+        assert process.stop() == 0
