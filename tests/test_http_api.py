@@ -125,6 +125,12 @@ def test_seed_examples_are_accepted_and_answered_with_versioner_fields(server, a
     assert failed["revision"] == 3
 
 
+def test_post_without_the_trailing_slash_records_too(server, api):
+    response = api.post("/deployment-events", json=event())
+    assert response.status_code == 200, response.text
+    assert stored(server) == (1, 1)
+
+
 def test_status_aliases_come_back_as_canonical_words(api):
     words = {
         "pending": "pending",

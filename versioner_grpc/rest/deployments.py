@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, cast
 
@@ -310,24 +311,27 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
         )
 
     reads = ("deployments",)
+    record = ApiRoute(
+        "POST",
+        "/deployment-events/",
+        record_event,
+        "Record a deployment event (the seed's API)",
+        rpc=SERVICE + "RecordEvent",
+        tags=reads,
+        dependencies=[Depends(require_json)],
+        responses={
+            200: {"description": "the deployment after the event, its revision, duplicate"},
+            409: {"description": "conflicts with what is stored, or a concurrent deployment"},
+            413: {"description": "body over the size limit"},
+            415: {"description": "not JSON"},
+            423: {"description": "a deploy freeze window"},
+            428: {"description": "an approval or an earlier environment is missing"},
+        },
+    )
     return [
-        ApiRoute(
-            "POST",
-            "/deployment-events/",
-            record_event,
-            "Record a deployment event (the seed's API)",
-            rpc=SERVICE + "RecordEvent",
-            tags=reads,
-            dependencies=[Depends(require_json)],
-            responses={
-                200: {"description": "the deployment after the event, its revision, duplicate"},
-                409: {"description": "conflicts with what is stored, or a concurrent deployment"},
-                413: {"description": "body over the size limit"},
-                415: {"description": "not JSON"},
-                423: {"description": "a deploy freeze window"},
-                428: {"description": "an approval or an earlier environment is missing"},
-            },
-        ),
+        record,
+        # Without the slash too: a redirect would turn many clients' POST into a GET.
+        replace(record, path="/deployment-events", include_in_schema=False),
         ApiRoute(
             "GET",
             "/deployments/current",

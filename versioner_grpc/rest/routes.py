@@ -43,6 +43,7 @@ class ApiRoute:
     responses: dict[int | str, dict[str, Any]] = field(default_factory=dict)
     dependencies: Sequence[DependsParam] = ()
     response_class: type[Response] = JSONResponse
+    include_in_schema: bool = True
 
 
 def guard(rpc: str, tokens: TokenFile | None) -> Callable[..., Awaitable[None]]:
@@ -80,4 +81,5 @@ def mount(app: FastAPI, routes: Iterable[ApiRoute], tokens: TokenFile | None) ->
             dependencies=dependencies,
             responses=responses,
             response_class=route.response_class,
+            include_in_schema=route.include_in_schema,
         )
