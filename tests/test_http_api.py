@@ -660,3 +660,16 @@ def test_health_is_503_and_writes_are_503_while_postgresql_is_unreachable(reques
     finally:
         proxy.stop()
         assert process.stop() == 0
+
+
+def test_a_route_for_an_rpc_without_a_scope_is_refused_when_mounted():
+    from fastapi import FastAPI
+
+    from versioner_grpc.rest.routes import ApiRoute, mount
+
+    async def endpoint() -> None:
+        return None
+
+    route = ApiRoute("GET", "/x", endpoint, "x", rpc="/versioner.v1.Nope/Unknown")
+    with pytest.raises(ValueError, match="no required scope"):
+        mount(FastAPI(), [route], tokens=None)

@@ -18,7 +18,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse, Response
 
-from versioner_grpc.auth import TokenFile, principal_name
+from versioner_grpc.auth import REQUIRED_SCOPE, TokenFile, principal_name
 
 BEARER = HTTPBearer(
     auto_error=False,
@@ -65,8 +65,14 @@ def guard(rpc: str, tokens: TokenFile | None) -> Callable[..., Awaitable[None]]:
 
 
 def mount(app: FastAPI, routes: Iterable[ApiRoute], tokens: TokenFile | None) -> None:
-    """Add `routes` to `app`, each behind the scope check of its RPC."""
+    """Add `routes` to `app`, each behind the scope check of its RPC.
+
+    A route whose RPC has no scope in auth.REQUIRED_SCOPE is refused here: it
+    would otherwise be open to anyone even with an auth file.
+    """
     for route in routes:
+        if route.rpc is not None and route.rpc not in REQUIRED_SCOPE:
+            raise ValueError(f"{route.method} {route.path}: {route.rpc} has no required scope")
         dependencies = list(route.dependencies)
         responses = dict(route.responses)
         if route.rpc is not None:
