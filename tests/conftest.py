@@ -25,8 +25,11 @@ from versioner_grpc.server import Server
 
 POSTGRES_URL = os.environ.get("VERSIONER_TEST_POSTGRES_URL", "")
 # Servers started as processes by the tests pick a free HTTP port, never the
-# default 8080 that parallel runs would fight over.
-os.environ.setdefault("VERSIONER_HTTP_LISTEN", "127.0.0.1:0")
+# default 8080 that parallel runs would fight over. Tests that strip VERSIONER_*
+# from a child's environment put TEST_ENV back.
+TEST_ENV = {"VERSIONER_HTTP_LISTEN": "127.0.0.1:0"}
+for _name, _value in TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
