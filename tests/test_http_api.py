@@ -356,6 +356,40 @@ def test_nul_bytes_inside_extra_metadata_are_data_kept_exactly(server, api):
     assert again == {"log": "a\x00b", "k\x00": "v", "_unknown.note": "x\x00y"}
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """extra_metadata with `levels` objects nested inside it."""
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return {"deep": value}
+
+
+def test_extra_metadata_nested_16_levels_is_kept_and_17_is_422_over_http(server, api):
+    kept = post(api, event(extra_metadata=nested(15)))  # 16 levels, extra_metadata included
+    assert kept.status_code == 200, kept.text
+    assert api.get(f"/deployments/{kept.json()['id']}").json()["extra_metadata"] == nested(15)
+    for levels in (16, 40, 500):
+        refused = post(api, event(version=f"v{levels}", extra_metadata=nested(levels)))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "extra_metadata"]
+    assert stored(server) == (1, 1)
+
+
+def test_extra_metadata_nested_too_deep_is_invalid_argument_over_grpc(server):
+    request = pb.RecordEventRequest(
+        product_name="web",
+        version="1",
+        environment_name="prod",
+        status=pb.DEPLOYMENT_STATUS_COMPLETED,
+    )
+    request.extra_metadata.update(nested(20))
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.RecordEvent(request, timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "extra_metadata" in info.value.details()
+    assert stored(server) == (0, 0)
+
+
 def test_a_10_mib_body_without_content_length_is_413_too(server):
     def chunks() -> Iterator[bytes]:
         for _ in range(10):

@@ -35,6 +35,7 @@ from versioner_grpc import convert
 from versioner_grpc.auth import SERVICE
 from versioner_grpc.domain.errors import InvalidArgument, VersionerError, invalid
 from versioner_grpc.domain.model import TERMINAL, Status, StoredEvent
+from versioner_grpc.domain.validation import metadata_depth_violation
 from versioner_grpc.rest import errors, views
 from versioner_grpc.rest.routes import ApiRoute
 from versioner_grpc.service import DeploymentService
@@ -150,6 +151,10 @@ def record_request(body: DeploymentEvent) -> pb.RecordEventRequest:
         if value is not None:
             metadata[name] = value
     metadata.update(body.extra_metadata or {})
+    # Checked before the Struct is built: building one from a deeply nested value
+    # recurses without bound.
+    if too_deep := metadata_depth_violation(metadata):
+        raise invalid("extra_metadata", too_deep)
     request = pb.RecordEventRequest(
         product_name=body.product_name,
         version=body.version,
