@@ -16,6 +16,7 @@ as `extra_metadata["_unknown.team"]`). The fields Versioner's own clients send
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -226,6 +227,7 @@ StatusQ = Annotated[
 
 def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
     """POST /deployment-events/, the three reads and the event stream."""
+    encodings = _SseEncodings()
 
     async def record_event(body: DeploymentEvent) -> JSONResponse:
         request = record_request(body)
@@ -310,7 +312,7 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
             watch_request.after_revision = after_revision
         items = service.watch_items(watch_request)
         return StreamingResponse(
-            _sse(items, request),
+            _sse(items, request, encodings),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -375,7 +377,27 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
     ]
 
 
-async def _sse(items: AsyncIterator[StoredEvent | int], request: Request) -> AsyncIterator[str]:
+class _SseEncodings:
+    """Recent events' SSE messages, encoded once for every stream (like the gRPC watch)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._messages: OrderedDict[int, str] = OrderedDict()
+
+    def message(self, event: StoredEvent) -> str:
+        cached = self._messages.get(event.revision)
+        if cached is None:
+            data = json.dumps(views.event(convert.event(event)), separators=(",", ":"))
+            cached = f"id: {event.revision}\nevent: deployment\ndata: {data}\n\n"
+            self._messages[event.revision] = cached
+            if len(self._messages) > self.size:
+                self._messages.popitem(last=False)
+        return cached
+
+
+async def _sse(
+    items: AsyncIterator[StoredEvent | int], request: Request, encodings: _SseEncodings
+) -> AsyncIterator[str]:
     """Events as `event: deployment`, progress as `event: progress`; `id:` is the revision.
 
     An error after the stream began (a watcher too slow, a shutdown, a compacted
@@ -388,8 +410,7 @@ async def _sse(items: AsyncIterator[StoredEvent | int], request: Request) -> Asy
             if isinstance(item, int):
                 yield f"id: {item}\nevent: progress\ndata: {json.dumps({'revision': item})}\n\n"
             else:
-                data = json.dumps(views.event(convert.event(item)), separators=(",", ":"))
-                yield f"id: {item.revision}\nevent: deployment\ndata: {data}\n\n"
+                yield encodings.message(item)
     except VersionerError as exc:
         code, body = errors.error_body(exc, request)
         body["status"] = code
