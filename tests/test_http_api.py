@@ -282,6 +282,12 @@ def test_current_filters_by_product_and_environment(api):
     assert len(everything) == 3
 
 
+def test_a_client_chosen_id_with_slashes_is_found_by_its_path(api):
+    post(api, event(deployment_id="team/app@42", status="started"))
+    found = api.get("/deployments/team/app@42")
+    assert found.status_code == 200 and found.json()["id"] == "team/app@42"
+
+
 def test_unknown_deployment_id_is_404_naming_the_field(api):
     missing = api.get("/deployments/no-such-id")
     assert missing.status_code == 404
