@@ -571,6 +571,21 @@ def test_sse_resumed_from_last_event_id_under_concurrent_writes_has_no_gap(serve
     assert seen == list(range(1, total + 1))  # every revision once, in order
 
 
+def test_sse_filters_and_progress_keep_the_resume_point_fresh(server, api):
+    post(api, event(version="ok", status="success"))
+    post(api, event(version="bad", status="failed", environment_name="staging"))
+    post(api, event(version="ok2", status="success"))
+    params = {"after_revision": 0, "status": ["failed", "aborted"]}
+    with api.stream("GET", "/deployments/watch", params=params) as response:
+        messages = read_sse(response)
+        only = next(m for m in messages if m.get("event") == "deployment")
+        assert only["id"] == "2"
+        assert json.loads(only["data"])["deployment"]["version"] == "bad"
+        progress = next(m for m in messages if m.get("event") == "progress")
+        assert progress["id"] == "3"  # the skipped success moves the resume point on
+        assert json.loads(progress["data"]) == {"revision": 3}
+
+
 def test_sse_last_event_id_must_be_a_revision(api):
     response = api.get("/deployments/watch", headers={"Last-Event-ID": "abc"})
     assert response.status_code == 422
