@@ -728,3 +728,18 @@ def test_a_route_for_an_rpc_without_a_scope_is_refused_when_mounted():
     route = ApiRoute("GET", "/x", endpoint, "x", rpc="/versioner.v1.Nope/Unknown")
     with pytest.raises(ValueError, match="no required scope"):
         mount(FastAPI(), [route], tokens=None)
+
+
+def test_a_taken_http_port_fails_the_start_with_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as info:
+            ServerProcess(
+                "--listen", "127.0.0.1:0", "--metrics-listen", "off",
+                "--http-listen", f"127.0.0.1:{port}", "--database-url", f"sqlite:///{tmp_path}/v.db",
+            )  # fmt: skip
+    assert f"cannot listen on 127.0.0.1:{port}" in str(info.value)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -175,14 +176,6 @@ class Server:
                 self.grpc_port = server.add_secure_port(self.config.listen, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.config.listen}: address in use?") from exc
-        await server.start()
-        self._grpc = server
-        if self.config.metrics_listen.lower() != "off":
-            mhost = self.config.metrics_listen.rpartition(":")[0]
-            self._metrics_http = MetricsServer(
-                self.config.metrics_listen, self.registry, self.deployment_metrics
-            )
-            self.metrics_port = self._metrics_http.port
         if self.config.http_listen.lower() != "off":
             app = create_app(
                 service,
@@ -191,9 +184,18 @@ class Server:
                 serving=lambda: self.serving,
                 max_body=self.config.max_message_bytes,
             )
-            self._http = HttpServer(app, self.config)
-            await self._http.start()
+            self._http = HttpServer(app, self.config)  # binds now: a taken port fails early
             self.http_port = self._http.port
+        await server.start()
+        self._grpc = server
+        if self.config.metrics_listen.lower() != "off":
+            mhost = self.config.metrics_listen.rpartition(":")[0]
+            self._metrics_http = MetricsServer(
+                self.config.metrics_listen, self.registry, self.deployment_metrics
+            )
+            self.metrics_port = self._metrics_http.port
+        if self._http is not None:
+            await self._http.start()
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
         if self.config.event_retention_days > 0:
@@ -268,10 +270,12 @@ class Server:
             task.cancel()
         if self.watch is not None:
             await self.watch.close()  # ends gRPC and SSE watch streams alike
+        draining: list[Awaitable[None]] = []
         if self._http is not None:
-            await self._http.stop()
+            draining.append(self._http.stop(grace))
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            draining.append(self._grpc.stop(grace))
+        await asyncio.gather(*draining)  # both APIs drain at once, within one grace
         if self._metrics_http is not None:
             self._metrics_http.close()
         loop = asyncio.get_running_loop()

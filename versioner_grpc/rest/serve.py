@@ -75,10 +75,11 @@ class HttpServer:
                 raise OSError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
-        """Stop accepting, finish in-flight requests (up to the shutdown grace), close."""
-        if self._task is None:
-            return
-        self.server.should_exit = True
-        await self._task
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (up to `grace` seconds), close."""
+        if self._task is not None:
+            if grace is not None:  # read by uvicorn when it shuts down
+                self.server.config.timeout_graceful_shutdown = max(1, round(grace))
+            self.server.should_exit = True
+            await self._task
         self.socket.close()
