@@ -294,6 +294,26 @@ def test_unknown_deployment_id_is_404_naming_the_field(api):
     assert "deployment_id" in missing.json()["detail"]
 
 
+def test_answers_match_the_models_the_openapi_document_shows(server, api):
+    from versioner_grpc.rest import schemas
+
+    recorded = post(api, SEED_STARTED).json()
+    schemas.RecordedOut.model_validate(recorded, strict=True)
+    post(api, event())
+    current = api.get("/deployments/current").json()
+    schemas.CurrentOut.model_validate(current, strict=True)
+    assert any(s["current"] is None for s in current["states"])  # nulls are documented too
+    schemas.HistoryOut.model_validate(api.get("/deployments/").json(), strict=True)
+    one = api.get(f"/deployments/{recorded['id']}").json()
+    schemas.DeploymentOut.model_validate(one, strict=True)
+    with api.stream("GET", "/deployments/watch", params={"after_revision": 0}) as response:
+        first = next(m for m in read_sse(response) if m.get("event") == "deployment")
+    schemas.EventOut.model_validate(json.loads(first["data"]), strict=True)
+    spec = api.get("/openapi.json").json()
+    answer = spec["paths"]["/deployment-events/"]["post"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/RecordedOut")
+
+
 def test_health_openapi_and_docs_need_no_token_and_serve_no_cdn(server, api):
     assert api.get("/health").json() == {"status": "serving"}
     spec = api.get("/openapi.json").json()

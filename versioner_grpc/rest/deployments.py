@@ -37,7 +37,7 @@ from versioner_grpc.auth import SERVICE
 from versioner_grpc.domain.errors import InvalidArgument, VersionerError, invalid
 from versioner_grpc.domain.model import TERMINAL, Status, StoredEvent
 from versioner_grpc.domain.validation import metadata_depth_violation
-from versioner_grpc.rest import errors, views
+from versioner_grpc.rest import errors, schemas, views
 from versioner_grpc.rest.routes import ApiRoute
 from versioner_grpc.service import DeploymentService
 
@@ -209,7 +209,9 @@ def _message(raw: object, kind: type[M]) -> M:
     return cast(M, raw)
 
 
-async def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
+async def require_json(
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
     """The body must be JSON: anything else is 415 before it is looked at."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
@@ -327,7 +329,10 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
         tags=reads,
         dependencies=[Depends(require_json)],
         responses={
-            200: {"description": "the deployment after the event, its revision, duplicate"},
+            200: {
+                "description": "the deployment after the event, its revision, duplicate",
+                "model": schemas.RecordedOut,
+            },
             409: {"description": "conflicts with what is stored, or a concurrent deployment"},
             413: {"description": "body over the size limit"},
             415: {"description": "not JSON"},
@@ -346,6 +351,7 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
             "What runs where: current and latest per product and environment",
             rpc=SERVICE + "GetCurrent",
             tags=reads,
+            responses={200: {"model": schemas.CurrentOut}},
         ),
         ApiRoute(
             "GET",
@@ -355,7 +361,14 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
             rpc=SERVICE + "WatchDeployments",
             tags=reads,
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}},
+            responses={
+                200: {
+                    "description": "`id: <revision>`, `event: deployment` (data: the event "
+                    "and its deployment), `event: progress` (data: {revision}), "
+                    "`event: error` (then it ends)",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                }
+            },
         ),
         ApiRoute(
             "GET",
@@ -364,6 +377,7 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
             "Deployment history, newest first (keyset pages: cursor)",
             rpc=SERVICE + "ListHistory",
             tags=reads,
+            responses={200: {"model": schemas.HistoryOut}},
         ),
         ApiRoute(
             "GET",
@@ -372,7 +386,10 @@ def deployment_routes(service: DeploymentService) -> list[ApiRoute]:
             "One deployment by id",
             rpc=SERVICE + "ListHistory",
             tags=reads,
-            responses={404: {"description": "no deployment has this id"}},
+            responses={
+                200: {"model": schemas.DeploymentOut},
+                404: {"description": "no deployment has this id"},
+            },
         ),
     ]
 
