@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
@@ -51,6 +52,7 @@ def null_app(max_body: int) -> FastAPI:
 
     app = FastAPIOffline(title="null", openapi_url="/openapi.json", docs_url=None, redoc_url=None)
     app.add_exception_handler(VersionerError, errors.handle)
+    app.add_exception_handler(RequestValidationError, errors.validation_failed)
     app.add_api_route(
         "/deployment-events/",
         record_event,

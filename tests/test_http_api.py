@@ -353,6 +353,11 @@ BAD_BODIES: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("missing product_name", b'{"version": "1", "environment_name": "p", "status": "success"}',
      JSON, 422, "product_name"),
     ("10 MiB body", TEN_MIB, JSON, 413, "body"),
+    ("a number JSON cannot carry", b'{"product_name": "w", "version": "1", "environment_name": '
+     b'"p", "status": "success", "build_number": 1e400}', JSON, 422, "build_number"),
+    ("NaN in extra_metadata", b'{"product_name": "w", "version": "1", "environment_name": "p", '
+     b'"status": "success", "extra_metadata": {"x": NaN}}', JSON, 422, "extra_metadata"),
+    ("empty body", b"", JSON, 422, "body"),
 ]  # fmt: skip
 
 

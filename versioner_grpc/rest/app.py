@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from starlette.responses import JSONResponse
 
@@ -66,6 +67,7 @@ def create_app(
         static_url="/docs/assets",
     )
     app.add_exception_handler(VersionerError, errors.handle)
+    app.add_exception_handler(RequestValidationError, errors.validation_failed)
     mount(app, [health_route(serving), *deployment_routes(service), *extra_routes], tokens)
     app.add_middleware(ObservingMiddleware, metrics=metrics, max_body=max_body)
     return app

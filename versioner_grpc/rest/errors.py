@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -102,6 +103,20 @@ def error_body(exc: VersionerError, request: Request) -> tuple[int, dict[str, An
     if isinstance(exc, Unavailable):
         return 503, {"detail": str(exc)}
     return 500, {"detail": "internal error"}
+
+
+async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for what its parser refuses, as `loc`, `msg`, `type` only.
+
+    The offending input is not echoed back: it may be megabytes, or a number
+    JSON cannot carry (1e400), which would turn the 422 into a 500.
+    """
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def handle(request: Request, exc: Exception) -> JSONResponse:
