@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from versioner.v1 import deployment_service_pb2 as pb
 
@@ -768,3 +770,47 @@ def test_a_taken_http_port_fails_the_start_with_a_clear_error(tmp_path):
                 "--http-listen", f"127.0.0.1:{port}", "--database-url", f"sqlite:///{tmp_path}/v.db",
             )  # fmt: skip
     assert f"cannot listen on 127.0.0.1:{port}" in str(info.value)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = [
+    "product_name", "version", "environment_name", "status", "deployed_by", "scm_branch",
+    "scm_sha", "build_url", "deploy_url", "extra_metadata", "event_time", "completed_at",
+    "event_id", "deployment_id", "scm_commit_time", "build_number", "invoke_id",
+]  # fmt: skip
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    database=None,  # no .hypothesis directory in the checkout
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    base=st.fixed_dictionaries(
+        {},
+        optional={
+            "product_name": st.text(max_size=300),
+            "version": st.text(max_size=20),
+            "environment_name": st.sampled_from(["production", "staging", "", " "]) | st.text(),
+            "status": st.sampled_from(["success", "started", "failed", "nope", ""]) | st.text(),
+        },
+    ),
+    noise=st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=10), JSON_VALUES, max_size=5),
+)
+def test_any_json_object_is_answered_200_or_4xx_never_5xx_and_refusals_write_nothing(
+    server, api, base, noise
+):
+    before = stored(server)
+    response = post(api, {**base, **noise})
+    assert response.status_code == 200 or 400 <= response.status_code < 500, response.text
+    if response.status_code != 200:
+        assert stored(server) == before
+        detail = response.json()["detail"]
+        assert detail, response.text
