@@ -814,3 +814,27 @@ def test_any_json_object_is_answered_200_or_4xx_never_5xx_and_refusals_write_not
         assert stored(server) == before
         detail = response.json()["detail"]
         assert detail, response.text
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(["/deployments/", "/deployments/current", "/deployments/x"]),
+    params=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["product_name", "environment_name", "status", "version", "deployed_by", "since",
+                 "until", "limit", "cursor", "other"]
+            ),
+            st.text(max_size=30),
+        ),
+        max_size=5,
+    ),
+)  # fmt: skip
+def test_any_query_string_is_answered_200_404_or_422_never_5xx(api, path, params):
+    response = api.get(path, params=params)
+    assert response.status_code in (200, 404, 422), response.text
