@@ -17,6 +17,7 @@ merge several load processes. Commands:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import sys
@@ -26,6 +27,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
+import h11
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
@@ -227,7 +229,117 @@ async def cycles(spec: dict[str, Any]) -> dict[str, Any]:
     return {"cycles": done, "per_s": done / max(elapsed, 1e-9), "errors": dict(errors)}
 
 
-COMMANDS = {"unary": unary, "paced": paced, "cycles": cycles}
+def http_event(recorder: _Recorder) -> bytes:
+    """The JSON a CI step posts for the recorder's next event (the seed's field names)."""
+    request = recorder.next()
+    return json.dumps(
+        {
+            "product_name": request.product_name,
+            "version": request.version,
+            "environment_name": request.environment_name,
+            "status": "started" if request.status == STATUS_STARTED else "success",
+            "deployed_by": request.deployed_by,
+            "scm_branch": request.scm_branch,
+            "scm_sha": request.scm_sha,
+            "build_url": request.build_url,
+            "event_id": request.event_id,
+            "extra_metadata": {"pipeline": "bench"},
+        }
+    ).encode()
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection driven by h11 (uvicorn's own HTTP library).
+
+    Lighter than a pooled client: at 64 in flight httpx's pool alone kept the
+    load process's core busy, and the client, not the server, set the pace.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None or self.conn.our_state is not h11.IDLE:
+            await self.close()
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.conn = h11.Connection(h11.CLIENT)
+        assert self.reader is not None
+        headers = [
+            ("Host", f"{self.host}:{self.port}"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ]
+        self.writer.write(
+            self.conn.send(h11.Request(method="POST", target=path, headers=headers))
+            + self.conn.send(h11.Data(data=body))
+            + self.conn.send(h11.EndOfMessage())
+        )
+        status = 0
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError("server closed the connection")
+                self.conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        self.conn.start_next_cycle()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+            self.writer = None
+
+
+async def http(spec: dict[str, Any]) -> dict[str, Any]:
+    """`inflight` closed loops of POST /deployment-events/, one keep-alive connection each."""
+    inflight = int(spec["inflight"])
+    tag = f"{spec.get('tag', 'h')}w{spec.get('worker', 0)}"
+    host, _, port = spec["address"].rpartition(":")
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + float(spec["warmup"])
+    stop_at = measure_from + float(spec["seconds"])
+    latencies: list[int] = []
+    errors: Counter[str] = Counter()
+
+    async def slot(index: int) -> None:
+        recorder = _Recorder(tag, index)
+        connection = _Connection(host, int(port))
+        try:
+            while True:
+                body = http_event(recorder)
+                started = loop.time()
+                if started >= stop_at:
+                    return
+                try:
+                    code = await connection.post("/deployment-events/", body)
+                    failed = "" if code == 200 else f"HTTP {code}"
+                except (OSError, h11.ProtocolError) as exc:
+                    failed = type(exc).__name__
+                    await connection.close()
+                if started < measure_from:
+                    continue
+                if failed:
+                    errors[failed] += 1
+                else:
+                    latencies.append(int((loop.time() - started) * 1e6))
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(slot(i) for i in range(inflight)))
+    return {"latencies_us": latencies, "errors": dict(errors), "seconds": float(spec["seconds"])}
+
+
+COMMANDS = {"unary": unary, "paced": paced, "cycles": cycles, "http": http}
 
 
 def main() -> None:

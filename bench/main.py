@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import governance, options, procs, report, seed
+from bench.http_suite import http_suite
 from bench.options import size_label
 from bench.runner import LoadPool
 from bench.stats import ratio
@@ -110,7 +111,8 @@ class Run:
                     f"in {seeded['seconds']} s, {seeded['db_mb']} MB"
                 )
                 started = time.perf_counter()
-                server = self.versioner(url)
+                http = ["--http-listen", "127.0.0.1:0"] if "http" in args.suites else []
+                server = self.versioner(url, extra=http)
                 result: dict[str, Any] = {
                     "deployments": n,
                     "seeding": seeded,
@@ -121,6 +123,14 @@ class Run:
                 tag = f"{backend[0]}{label}"
                 if "unary" in args.suites:
                     result["unary"] = unary_suite(s, pool, server, null, f"{backend} {label}")
+                if index == 0 and "http" in args.suites:
+                    null_http = procs.null_http(self.log_path("null-http"))
+                    try:
+                        result["http"] = http_suite(
+                            s, pool, server, null_http, f"{backend} {label}"
+                        )
+                    finally:
+                        null_http.stop()
                 if index == 0 and "watch" in args.suites and backend in args.watch_backends:
                     result["watch"] = watch_suite(s, pool, server, null, f"{backend} {label}")
                     result["leak"] = leak_check(s, pool, server)

@@ -43,6 +43,7 @@ class ServerProc:
         serving = self._wait_serving(timeout)
         self.address: str = serving["grpc_address"]
         self.metrics_address: str = serving.get("metrics_address", "") or ""
+        self.http_address: str = serving.get("http_address", "") or ""
 
     def _wait_serving(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -103,6 +104,8 @@ def versioner(
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0" if metrics else "off",
+        "--http-listen",
+        "off",
         "--database-url",
         database_url,
         *(extra or []),
@@ -173,6 +176,11 @@ def versioner_has_flag(flag: str) -> bool:
 def null_service(log_path: Path) -> ServerProc:
     argv = [sys.executable, "-m", "bench.null_service", "--listen", "127.0.0.1:0"]
     return ServerProc("null", argv, log_path)
+
+
+def null_http(log_path: Path) -> ServerProc:
+    argv = [sys.executable, "-m", "bench.null_http", "--listen", "127.0.0.1:0"]
+    return ServerProc("null-http", argv, log_path)
 
 
 def status_kb(pid: int, key: str) -> int:

@@ -15,6 +15,7 @@ DELIVERY_TARGET = 0.6  # issue 3, at the most watchers
 RECORD_WATCHED_TARGET = 0.7
 RSS_TARGET_MB = 300
 METRICS_TARGET = 0.9  # issue 4
+HTTP_TARGET = 0.5  # issue 12: POST /deployment-events/ vs the null HTTP service
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -104,6 +105,8 @@ def render(results: dict[str, Any]) -> str:
                 parts.append(f"\n{backend}, {label}: FAILED {size['failed']}")
         parts.extend(_scale(backend, sizes, checks))
         for label, size in sizes.items():
+            if "http" in size:
+                parts.append(_http(backend, label, size["http"], checks))
             if "watch" in size:
                 parts.append(_watch(backend, label, size["watch"], checks))
             if "leak" in size:
@@ -374,6 +377,58 @@ def _leak(backend: str, label: str, leak: dict[str, Any]) -> str:
         f"{leak['cycles_per_round']:,} after {leak['warmup_cycles']:,} warm-up cycles ({rounds}): "
         f"server RSS {rss} MB (growth {leak['growth_mb']:+.1f} MB); WatchDeployments calls "
         f"started {leak.get('watch_calls_started')}, ended {leak.get('watch_calls_handled')}"
+    )
+
+
+def _http(backend: str, label: str, data: dict[str, Any], checks: Checks) -> str:
+    rows = []
+    for row in data["post"]:
+        n, v = row["null"], row["versioner"]
+        target = ""
+        if row["inflight"] == max(r["inflight"] for r in data["post"]):
+            target = checks.add(
+                f"HTTP POST /deployment-events/ vs null, {row['inflight']} in flight, "
+                f"{backend} {label}",
+                row["ratio"],
+                HTTP_TARGET,
+            )
+        rows.append(
+            [
+                row["inflight"],
+                n["calls_per_s"],
+                v["calls_per_s"],
+                row["ratio"],
+                row["cpu_ratio"],
+                f"{n['p50_ms']:.2f}/{v['p50_ms']:.2f}",
+                f"{n['p99_ms']:.2f}/{v['p99_ms']:.2f}",
+                v["client_cores"],
+                target,
+            ]
+        )
+    m = data["mixed"]
+    return "\n".join(
+        [
+            f"\n{backend}, {label}: HTTP API, POST /deployment-events/ (null = same FastAPI, "
+            "middleware and uvicorn, a handler that does nothing)",
+            table(
+                [
+                    "in flight",
+                    "null/s",
+                    "versioner/s",
+                    "ratio",
+                    "cpu ratio",
+                    "p50 ms",
+                    "p99 ms",
+                    "client cores",
+                    "target",
+                ],
+                rows,
+            ),
+            f"RecordEvent over gRPC, {m['inflight']} in flight: alone "
+            f"{m['grpc_alone']['calls_per_s']:.0f}/s, while {m['inflight']} HTTP posts are in "
+            f"flight {m['grpc_with_http']['calls_per_s']:.0f}/s (+ {m['http_per_s']:.0f}/s over "
+            f"HTTP): ratio {m['ratio']}; gRPC + HTTP together / gRPC alone {m['combined_ratio']}",
+        ]
     )
 
 

@@ -147,11 +147,16 @@ def measure_unary(
     warmup: float,
     tag: str,
     during: Any = None,
+    op: str = "unary",
+    address: str = "",
 ) -> dict[str, Any]:
-    """One cell: `inflight` calls of `rpc` in flight against `target` for `seconds`."""
+    """One cell: `inflight` calls of `rpc` in flight against `target` for `seconds`.
+
+    `op` "http" posts events to `address` (the server's HTTP API) instead.
+    """
     spec = {
-        "op": "unary",
-        "address": target.address,
+        "op": op,
+        "address": address or target.address,
         "rpc": rpc,
         "inflight": inflight,
         "seconds": seconds,

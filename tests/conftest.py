@@ -24,6 +24,12 @@ from versioner_grpc.config import Config
 from versioner_grpc.server import Server
 
 POSTGRES_URL = os.environ.get("VERSIONER_TEST_POSTGRES_URL", "")
+# Servers started as processes by the tests pick a free HTTP port, never the
+# default 8080 that parallel runs would fight over. Tests that strip VERSIONER_*
+# from a child's environment put TEST_ENV back.
+TEST_ENV = {"VERSIONER_HTTP_LISTEN": "127.0.0.1:0"}
+for _name, _value in TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -39,6 +45,8 @@ class RunningServer:
         self.run(self.server.start())
         self.address = f"127.0.0.1:{self.server.grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        scheme = "https" if config.tls_cert else "http"
+        self.http_url = f"{scheme}://127.0.0.1:{self.server.http_port}"
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.DeploymentServiceStub(self.channel)
 
@@ -115,6 +123,7 @@ def config(database_url: str) -> Config:
     return Config(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
         database_url=database_url,
         health_interval=0.2,
         progress_interval=0.5,

@@ -34,6 +34,7 @@ class ServerProcess:
             raise RuntimeError(f"server exited: {self.proc.wait()}; log: {self.lines[-5:]}")
         self.address = serving["grpc_address"]
         self.metrics_address = serving.get("metrics_address", "")
+        self.http_address = serving.get("http_address", "")
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.DeploymentServiceStub(self.channel)
 

@@ -35,7 +35,7 @@ from versioner_client import Unavailable as ClientUnavailable
 from versioner_client import VersionerClient
 
 from tests.certs import Pki, make_ca, make_pki
-from tests.conftest import RunningServer, start_server
+from tests.conftest import TEST_ENV, RunningServer, start_server
 from tests.processes import ServerProcess
 
 READ = "deployments:read"
@@ -209,8 +209,8 @@ def server_args(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without VERSIONER_* settings that would change what runs."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("VERSIONER_")}
+    """The environment without VERSIONER_* settings that would change what runs (but TEST_ENV)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VERSIONER_")} | TEST_ENV
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
+from tests.conftest import TEST_ENV
+
 POSTGRES_URL = os.environ.get("VERSIONER_TEST_POSTGRES_URL", "")
 SERVICE = "versioner.v1.DeploymentService"
 COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
@@ -58,8 +60,9 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any VERSIONER_* setting, plus `extra`."""
+    """The environment without any VERSIONER_* setting (but TEST_ENV), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERSIONER_")}
+    env.update(TEST_ENV)
     env.update(extra)
     return env
 

@@ -39,6 +39,8 @@ class Config:
     # Governance (docs/DESIGN.md section 6).
     rules_file: str = ""
     approval_sweep_interval: float = 10.0
+    # HTTP/JSON API (DESIGN.md section 8)
+    http_listen: str = "127.0.0.1:8080"
 
 
 HELP = {
@@ -59,7 +61,7 @@ HELP = {
     "GIL contention on SQLite (measured), PostgreSQL may gain from a few more",
     "auth_file": "TOML file of token hashes and scopes (see `versioner-server token create`); "
     "without it every call is allowed",
-    "tls_cert": "PEM certificate chain for TLS on the gRPC port",
+    "tls_cert": "PEM certificate chain for TLS on the gRPC port (and the HTTP port)",
     "tls_key": "PEM private key for --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "insecure": "allow listening beyond loopback without an auth file (not recommended)",
@@ -74,6 +76,8 @@ HELP = {
     "`versioner-server rules check FILE`)",
     "approval_sweep_interval": "seconds between marking expired approval requests EXPIRED "
     "(an expired request never lets anything through, swept or not)",
+    "http_listen": "HTTP/JSON API address, host:port (the seed's REST API: POST "
+    "/deployment-events/, /deployments/..., /docs); 'off' disables it",
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -35,6 +36,9 @@ from versioner_grpc.metrics.deployments import DeploymentMetrics
 from versioner_grpc.metrics.governance import GovernanceMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
+from versioner_grpc.metrics.http_metrics import HttpMetrics
+from versioner_grpc.rest.app import create_app
+from versioner_grpc.rest.serve import HttpServer
 from versioner_grpc.service import DeploymentService, add_to_server
 from versioner_grpc.store.store import Store
 from versioner_grpc.watch import WatchHub
@@ -46,9 +50,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def check_exposure(config: Config) -> None:
-    """Secure by default: beyond loopback only with an auth file, or --insecure."""
-    host = config.listen.rpartition(":")[0]
-    if host in LOOPBACK or host.startswith("127."):
+    """Secure by default: beyond loopback only with an auth file, or --insecure.
+
+    Applies to the gRPC and the HTTP address alike: both take the same writes.
+    """
+    addresses = [config.listen]
+    if config.http_listen.lower() != "off":
+        addresses.append(config.http_listen)
+    exposed = [a for a in addresses if not _loopback(a.rpartition(":")[0])]
+    if not exposed:
         return
     if config.auth_file:
         if not config.tls_cert:
@@ -59,14 +69,18 @@ def check_exposure(config: Config) -> None:
         return
     if not config.insecure:
         raise ValueError(
-            f"refusing to listen on {config.listen} without --auth-file: anyone who can "
+            f"refusing to listen on {exposed[0]} without --auth-file: anyone who can "
             "reach it could write deployments (pass --insecure to allow it anyway)"
         )
     log.warning(
         "listening on %s with no authentication (--insecure)",
-        config.listen,
+        ", ".join(exposed),
         extra=fields(event="insecure"),
     )
+
+
+def _loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -125,7 +139,10 @@ class Server:
         self.tokens: TokenFile | None = None
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self.serving = False  # what /health answers: the gRPC health status, as a flag
         self._grpc: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
         self._metrics_http: MetricsServer | None = None
         self._tasks: list[asyncio.Task[object]] = []
         self.watch: WatchHub | None = None
@@ -153,7 +170,8 @@ class Server:
             poll_interval=self.config.poll_interval,
         )
         await self.watch.start()
-        add_to_server(DeploymentService(self.store, self.watch), server)
+        service = DeploymentService(self.store, self.watch)
+        add_to_server(service, server)
         gpb_grpc.add_GovernanceServiceServicer_to_server(
             GovernanceService(self.store, self.governance_metrics.approved_after), server
         )
@@ -176,6 +194,16 @@ class Server:
                 self.grpc_port = server.add_secure_port(self.config.listen, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.config.listen}: address in use?") from exc
+        if self.config.http_listen.lower() != "off":
+            app = create_app(
+                service,
+                tokens=self.tokens,
+                metrics=HttpMetrics(self.registry),
+                serving=lambda: self.serving,
+                max_body=self.config.max_message_bytes,
+            )
+            self._http = HttpServer(app, self.config)  # binds now: a taken port fails early
+            self.http_port = self._http.port
         await server.start()
         self._grpc = server
         if self.config.metrics_listen.lower() != "off":
@@ -184,6 +212,8 @@ class Server:
                 self.config.metrics_listen, self.registry, self.deployment_metrics
             )
             self.metrics_port = self._metrics_http.port
+        if self._http is not None:
+            await self._http.start()
         await self._set_health(True)
         self._tasks.append(asyncio.create_task(self._watch_database()))
         self._tasks.append(asyncio.create_task(self._expire_approvals()))
@@ -195,6 +225,9 @@ class Server:
                 event="serving",
                 grpc_address=f"{host}:{self.grpc_port}",
                 metrics_address=f"{mhost}:{self.metrics_port}" if self.metrics_port else "",
+                http_address=self.config.http_listen.rpartition(":")[0] + f":{self.http_port}"
+                if self._http
+                else "",
                 database=_redacted(self.config.database_url),
             ),
         )
@@ -253,6 +286,7 @@ class Server:
                 log.warning("approval expiry skipped: %s", exc)
 
     async def _set_health(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -291,13 +325,18 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` seconds), close."""
         grace = self.config.shutdown_grace if grace is None else grace
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
         if self.watch is not None:
-            await self.watch.close()
+            await self.watch.close()  # ends gRPC and SSE watch streams alike
+        draining: list[Awaitable[None]] = []
+        if self._http is not None:
+            draining.append(self._http.stop(grace))
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            draining.append(self._grpc.stop(grace))
+        await asyncio.gather(*draining)  # both APIs drain at once, within one grace
         if self._metrics_http is not None:
             self._metrics_http.close()
         loop = asyncio.get_running_loop()

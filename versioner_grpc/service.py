@@ -21,10 +21,14 @@ from versioner_grpc import convert, pagetoken
 from versioner_grpc.auth import OVERRIDE, has_scope, principal_name
 from versioner_grpc.cache import LruCache
 from versioner_grpc.domain.clock import now_us
-from versioner_grpc.domain.errors import PermissionDenied, invalid
+from versioner_grpc.domain.errors import NotFound, PermissionDenied, invalid
 from versioner_grpc.domain.filters import Filters, PageKey
 from versioner_grpc.domain.model import Deployment, EnvironmentState, StoredEvent
-from versioner_grpc.domain.validation import validate_event, validate_filters
+from versioner_grpc.domain.validation import (
+    validate_deployment_id,
+    validate_event,
+    validate_filters,
+)
 from versioner_grpc.encoded import PreEncoded, serialize
 from versioner_grpc.store.store import Store
 from versioner_grpc.watch import WatchHub
@@ -110,9 +114,19 @@ class DeploymentService:
 
         return PreEncoded(await self.store.history(filters, after, limit, encode))
 
-    async def WatchDeployments(
-        self, request: pb.WatchDeploymentsRequest, context: Context
-    ) -> AsyncIterator[WatchMessage]:
+    async def get_deployment(self, deployment_id: str) -> pb.Deployment:
+        """One deployment by id (the HTTP API's GET /deployments/{id}); NOT_FOUND if none."""
+        key = validate_deployment_id(deployment_id)
+        found = await self.store.deployment(key)
+        if found is None:
+            raise NotFound(f"deployment_id: no deployment {key!r}")
+        return convert.deployment(found)
+
+    def watch_items(self, request: pb.WatchDeploymentsRequest) -> AsyncIterator[StoredEvent | int]:
+        """Validate a watch request now; the events and progress revisions it streams.
+
+        Shared by WatchDeployments and the HTTP event stream, so both resume alike.
+        """
         filters = validate_filters(
             product=request.product_name,
             environment=request.environment_name,
@@ -121,7 +135,12 @@ class DeploymentService:
         after = request.after_revision if request.HasField("after_revision") else None
         if after is not None and after < 0:
             raise invalid("after_revision", "must not be negative")
-        async for item in self.watch.stream(filters, after):
+        return self.watch.stream(filters, after)
+
+    async def WatchDeployments(
+        self, request: pb.WatchDeploymentsRequest, context: Context
+    ) -> AsyncIterator[WatchMessage]:
+        async for item in self.watch_items(request):
             if isinstance(item, int):
                 yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())
             else:

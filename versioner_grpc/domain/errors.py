@@ -30,7 +30,7 @@ class FailedPrecondition(VersionerError):
 
 
 class NotFound(VersionerError):
-    """A thing the call names does not exist (e.g. an approval id)."""
+    """A thing the call names by id does not exist (a deployment, an approval)."""
 
 
 class ResourceExhausted(VersionerError):

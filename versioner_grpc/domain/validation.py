@@ -25,6 +25,11 @@ MAX_URL = 2048
 MAX_ID = 128  # event_id, deployment_id
 MAX_METADATA_BYTES = 64 * 1024
 MAX_REASON = 1000  # override_reason, approval reason and comments
+
+# Objects and lists nest at most this deep, extra_metadata itself included: every level is
+# three protobuf message levels, and a Deployment inside a watch message must stay
+# well under protobuf's decoding limit of 100.
+MAX_METADATA_DEPTH = 16
 FUTURE_TOLERANCE_US = 5 * 60 * 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 _SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
@@ -63,6 +68,24 @@ def _identifier(v: _Violations, field: str, raw: str) -> str:
     if value and (len(value) > MAX_ID or not _ID.match(value)):
         v.add(field, f"must be at most {MAX_ID} characters of A-Z a-z 0-9 . _ : / @ + = -")
     return value
+
+
+def metadata_depth_violation(metadata: object) -> str | None:
+    """Why `metadata` nests too deep, or None. Iterative: any depth is safe to check."""
+    stack: list[tuple[object, int]] = [(metadata, 0)]
+    while stack:
+        value, depth = stack.pop()
+        children: list[object] = []
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= MAX_METADATA_DEPTH:  # the extra_metadata object itself is level 1
+            return f"must nest objects and lists at most {MAX_METADATA_DEPTH} levels deep"
+        stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def validate_event(
@@ -106,6 +129,8 @@ def validate_event(
             v.add("build_url", f"must be at most {MAX_URL} characters, no control characters")
     if metadata_bytes > MAX_METADATA_BYTES:
         v.add("extra_metadata", f"must be at most {MAX_METADATA_BYTES} bytes serialized")
+    elif metadata is not None and (too_deep := metadata_depth_violation(metadata)):
+        v.add("extra_metadata", too_deep)
     if event_time is not None:
         if event_time > now + FUTURE_TOLERANCE_US:
             v.add("event_time", "must not be more than 5 minutes in the future")
@@ -138,6 +163,20 @@ def validate_event(
         recorded_by=recorded_by,
         override_reason=override_reason,
     )
+
+
+def validate_deployment_id(raw: str) -> str:
+    """A deployment id a lookup names: RecordEvent's rule for ids, and not empty.
+
+    The id is a database key, never a file path, so "../x" is merely an id that
+    does not exist.
+    """
+    v = _Violations()
+    value = _identifier(v, "deployment_id", raw)
+    if not value and not v.items:
+        v.add("deployment_id", "must not be empty")
+    v.raise_any()
+    return value
 
 
 def validate_filters(

@@ -6,6 +6,26 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# Seconds; shared with the HTTP API's histogram so both compare bucket for bucket.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    60,
+    300,
+    3600,
+)
 
 
 def go_code(code: grpc.StatusCode) -> str:
@@ -38,25 +58,7 @@ class GrpcMetrics:
             "Histogram of response latency (seconds) of gRPC that had been application-level "
             "handled by the server.",
             LABELS,
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                60,
-                300,
-                3600,
-            ),
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.received = Counter(

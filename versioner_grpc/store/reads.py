@@ -57,6 +57,12 @@ def current_states(sql: Sql, product: str = "", environment: str = "") -> list[E
     ]
 
 
+def deployment_by_id(sql: Sql, deployment_id: str) -> Deployment | None:
+    """One deployment by its id (a primary-key lookup), or None."""
+    row = sql.row(f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment WHERE id = ?", [deployment_id])
+    return deployment_from_tuple(row) if row else None
+
+
 def history_page(
     sql: Sql, filters: Filters, after: PageKey | None, limit: int
 ) -> tuple[list[Deployment], PageKey | None]:

@@ -107,6 +107,10 @@ class Store:
     async def record(self, event: EventInput) -> RecordResult:
         return await self.writer.record(event)
 
+    async def deployment(self, deployment_id: str) -> Deployment | None:
+        """The deployment with this id, or None when there is none."""
+        return await self._read(lambda sql: reads.deployment_by_id(sql, deployment_id))
+
     async def compact(self, older_than: int) -> int:
         """Delete events recorded before `older_than` (µs), always keeping the newest one.
 

@@ -27,6 +27,7 @@ async function startServer({ listen = '127.0.0.1:0', dir } = {}) {
     '-m', 'versioner_grpc',
     '--listen', listen,
     '--metrics-listen', '127.0.0.1:0',
+    '--http-listen', 'off',
     '--database-url', `sqlite:///${path.join(dir, 'v.db')}`,
   ];
   const child = spawn(PYTHON, args, { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
