@@ -29,14 +29,23 @@ from versioner_grpc.domain.errors import PermissionDenied, Unauthenticated
 
 READ = "deployments:read"
 WRITE = "deployments:write"
-SCOPES = (READ, WRITE)
+NOTIFY_ADMIN = "notifications:admin"
+SCOPES = (READ, WRITE, NOTIFY_ADMIN)
 SERVICE = "/versioner.v1.DeploymentService/"
+NOTIFY = "/versioner.v1.NotificationService/"
 # The scope each RPC needs. Anything not listed (health, reflection) is open.
 REQUIRED_SCOPE = {
     SERVICE + "RecordEvent": WRITE,
     SERVICE + "GetCurrent": READ,
     SERVICE + "ListHistory": READ,
     SERVICE + "WatchDeployments": READ,
+    NOTIFY + "CreateSubscription": NOTIFY_ADMIN,
+    NOTIFY + "UpdateSubscription": NOTIFY_ADMIN,
+    NOTIFY + "DeleteSubscription": NOTIFY_ADMIN,
+    NOTIFY + "Redeliver": NOTIFY_ADMIN,
+    NOTIFY + "SendTest": NOTIFY_ADMIN,
+    NOTIFY + "ListSubscriptions": READ,
+    NOTIFY + "ListDeliveries": READ,
 }
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 

@@ -10,6 +10,7 @@ from grpc_status import rpc_status
 from versioner_grpc.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -43,6 +44,8 @@ def to_status(exc: VersionerError) -> grpc.Status:
         proto = status_pb2.Status(
             code=code_pb2.FAILED_PRECONDITION, message=str(exc), details=[_packed(info)]
         )
+    elif isinstance(exc, NotFound):
+        proto = status_pb2.Status(code=code_pb2.NOT_FOUND, message=str(exc))
     elif isinstance(exc, ResourceExhausted):
         proto = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc))
     elif isinstance(exc, Unauthenticated):

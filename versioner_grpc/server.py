@@ -20,15 +20,23 @@ from prometheus_client import (
 )
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
+from versioner.v1 import notification_service_pb2 as npb
+from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.errors import Unavailable
+from versioner_grpc.domain.notifications import RetryPolicy
 from versioner_grpc.interceptors import ObservingInterceptor
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.deployments import DeploymentMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
+from versioner_grpc.metrics.notifications import NotificationMetrics
+from versioner_grpc.notification_service import NotificationService
+from versioner_grpc.notify.engine import NotificationEngine
+from versioner_grpc.notify.secrets import SecretBox
+from versioner_grpc.notify.sender import Sender
 from versioner_grpc.service import DeploymentService
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
@@ -36,6 +44,7 @@ from versioner_grpc.watch import WatchHub
 
 log = logging.getLogger("versioner.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
+NOTIFICATION_SERVICE_NAME = npb.DESCRIPTOR.services_by_name["NotificationService"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -119,6 +128,11 @@ class Server:
         self._metrics_http: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watch: WatchHub | None = None
+        self.secrets = SecretBox(config.secrets_key)
+        self.notification_metrics = NotificationMetrics(
+            self.registry, lambda: self.store.notifications.lag_seconds_sync(now_us())
+        )
+        self.notify: NotificationEngine | None = None
 
     async def start(self) -> None:
         check_exposure(self.config)
@@ -142,10 +156,37 @@ class Server:
         pb_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(self.store, self.watch), server
         )
+        self.notify = NotificationEngine(
+            self.store,
+            box=self.secrets,
+            sender=Sender(
+                timeout=self.config.notification_timeout,
+                allow_private=self.config.allow_private_webhooks,
+            ),
+            metrics=self.notification_metrics,
+            policy=RetryPolicy(
+                base=self.config.notification_retry_base,
+                cap=self.config.notification_retry_cap,
+                window=self.config.notification_retry_window,
+            ),
+            lease_seconds=self.config.notification_lease_seconds,
+            poll_interval=self.config.poll_interval,
+            retention_days=self.config.delivery_retention_days,
+        )
+        npb_grpc.add_NotificationServiceServicer_to_server(
+            NotificationService(
+                self.store.notifications,
+                self.notify,
+                self.secrets,
+                allow_private=self.config.allow_private_webhooks,
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 SERVICE_NAME,
+                NOTIFICATION_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -162,6 +203,7 @@ class Server:
             raise OSError(f"cannot listen on {self.config.listen}: address in use?") from exc
         await server.start()
         self._grpc = server
+        await self.notify.start()
         if self.config.metrics_listen.lower() != "off":
             mhost = self.config.metrics_listen.rpartition(":")[0]
             self._metrics_http = MetricsServer(
@@ -239,6 +281,8 @@ class Server:
             await self.watch.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self.notify is not None:
+            await self.notify.close()
         if self._metrics_http is not None:
             self._metrics_http.close()
         loop = asyncio.get_running_loop()

@@ -29,6 +29,10 @@ class FailedPrecondition(VersionerError):
         super().__init__(message)
 
 
+class NotFound(VersionerError):
+    """A thing the call names (by id) does not exist."""
+
+
 class ResourceExhausted(VersionerError):
     """A limit was reached (too many watchers, a watcher too slow)."""
 

@@ -12,6 +12,7 @@ from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.domain.validation import Filters
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
+from versioner_grpc.store.notifications import NotificationStore
 from versioner_grpc.store.read_cache import RevisionCache
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
@@ -37,6 +38,7 @@ class Store:
         self.writer = Writer(
             self.database, on_commit=self._committed, project_metrics=project_metrics
         )
+        self.notifications = NotificationStore(self)
 
     def open(self) -> list[int]:
         """Migrate the schema and start the writer; return the migrations applied."""
