@@ -483,3 +483,57 @@ def test_old_settled_deliveries_are_pruned(nserver, receiver):
     assert nserver.run(notifications.prune(0)) == 0, "recent ones stay"
     assert nserver.run(notifications.prune(int(time.time() * 1e6) + 1)) == 1
     assert deliveries(nserver, sub.id) == []
+
+
+# Scopes and metrics ------------------------------------------------------------------
+
+
+def test_managing_needs_notifications_admin_and_listing_needs_deployments_read(
+    notify_config, tmp_path
+):
+    from tests.test_security import new_token, write_auth_file
+
+    reader, admin = new_token(), new_token()
+    path = write_auth_file(
+        tmp_path / "tokens.toml",
+        {"reader": (reader, ["deployments:read"]), "ops": (admin, ["notifications:admin"])},
+    )
+    server = start_server(notify_config, auth_file=str(path))
+    try:
+        stub = nstub(server)
+        create = npb.CreateSubscriptionRequest(
+            name="a", url="https://example.com/hook", format=WEBHOOK
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CreateSubscription(create, metadata=[("authorization", f"Bearer {reader}")])
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListSubscriptions(npb.ListSubscriptionsRequest())
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.CreateSubscription(create, metadata=[("authorization", f"Bearer {admin}")])
+        listed = stub.ListSubscriptions(
+            npb.ListSubscriptionsRequest(), metadata=[("authorization", f"Bearer {reader}")]
+        )
+        assert [s.name for s in listed.subscriptions] == ["a"]
+    finally:
+        server.stop()
+
+
+def test_metrics_count_attempts_by_result_and_export_lag(nserver, receiver):
+    import urllib.request
+
+    receiver.script("metered", 500)
+    sub = subscribe(nserver, receiver, "metered")
+    record(nserver.stub)
+    wait_settled(nserver, sub.id, 1)
+    with urllib.request.urlopen(nserver.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    assert 'versioner_notification_deliveries_total{result="retry",subscription="metered"} 1.0' in (
+        text
+    )
+    assert (
+        'versioner_notification_deliveries_total{result="success",subscription="metered"} 1.0'
+        in text
+    )
+    assert "versioner_notification_delivery_seconds_count 2.0" in text
+    assert 'versioner_notification_lag_seconds{subscription="metered"} 0.0' in text

@@ -269,7 +269,11 @@ class NotificationStore:
 
         def run() -> tuple[int, int]:
             cursor = self._fence(sid, holder, now)
-            events, covered = reads.events_page(self.database.sql, cursor, limit)
+            # Only as far as the events read: the head read in a later statement
+            # (another snapshot, under READ COMMITTED) could be past an event
+            # committed in between, and the cursor would skip it.
+            events = reads.events_after(self.database.sql, cursor, limit)
+            covered = events[-1].revision if events else cursor
             created = 0
             for event in events:
                 delivery_id = uuid.uuid4().hex
