@@ -5,6 +5,7 @@
     versioner current [--product P] [--env E]
     versioner history [--product P] [--env E] [--status failed] [--since 7d]
     versioner watch   [--product P] [--env E] [--after-revision N]
+    versioner notify  add|list|update|rm|deliveries|redeliver|test
 
 Settings come from, in order: command-line flags, VERSIONER_* environment
 variables (VERSIONER_ADDRESS, VERSIONER_TOKEN, VERSIONER_TLS, VERSIONER_CA_CERT,
@@ -809,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
         event,
     )
     run.set_defaults(handler=cmd_run)
+
+    from versioner_client import notify_cli  # imports this module: load it only now
+
+    notify_cli.add_parsers(sub, [connection])
     return parser
 
 
