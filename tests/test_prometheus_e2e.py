@@ -33,9 +33,12 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from versioner.v1 import deployment_service_pb2 as pb
+from versioner.v1 import notification_service_pb2 as npb
+from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
 from tests.conftest import RunningServer
 from tests.promql_exprs import RULE_FILES, dashboard_and_rule_expressions, rule_expressions
+from tests.receiver import Receiver
 from versioner_grpc.config import Config
 
 STARTED = pb.DEPLOYMENT_STATUS_STARTED
@@ -79,6 +82,7 @@ MUST_BE_EMPTY = {
     "alerts.yml VersionerDeploymentFailureRateHigh": "no place has 3 failures",
     "alerts.yml VersionerNoRecentProductionDeployment": "the last completion was 1h ago",
     "alerts.yml VersionerGrpcServerErrors": "no call ended Unknown/Internal/...",
+    "alerts.yml VersionerNotificationLagHigh": "the subscription is caught up",
 }
 # Expressions that may legitimately be empty. The dashboard annotations compare the last
 # deployment timestamp with its value `offset 1m`: Prometheus has been running for less
@@ -297,13 +301,22 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
         health_interval=0.2,
         progress_interval=0.5,
         poll_interval=0.5,
+        allow_private_webhooks=True,
     )
     server = RunningServer(config)
     prometheus = None
     watch = None
+    receiver = Receiver()
     try:
         base = time.time() - 3600
+        # A webhook subscription, for the notification panels and alert.
+        npb_grpc.NotificationServiceStub(server.channel).CreateSubscription(
+            npb.CreateSubscriptionRequest(
+                name="hook", url=receiver.url("hook"), format=npb.NOTIFICATION_FORMAT_WEBHOOK
+            )
+        )
         record_phase_a(server.stub, base)
+        receiver.wait_for("hook", 6)
         # An open watch stream, for the 'Open watch streams' panel.
         watch = server.stub.WatchDeployments(pb.WatchDeploymentsRequest())
         next(watch)
@@ -325,6 +338,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
 
         eventually(scraped_phase_a, 60)
         record_phase_b(server.stub, base)
+        receiver.wait_for("hook", 15)
 
         # The raw series are exactly what was recorded.
         expected = {
@@ -403,6 +417,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
         if prometheus is not None:
             prometheus.stop()
         server.stop()
+        receiver.close()
 
 
 def _assert_equal(got: dict[str, dict], expected: dict[str, dict]) -> None:
