@@ -6,10 +6,11 @@ sending in notify/. Secrets are sealed here on the way in and never go out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import duration_pb2
+from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import notification_service_pb2 as npb
 from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
@@ -37,11 +38,11 @@ def subscription_message(s: Subscription) -> npb.Subscription:
         id=s.id,
         name=f.name,
         url=f.url,
-        format=int(f.format),
+        format=cast(npb.NotificationFormat, f.format),
         has_secret=s.has_secret,
         products=list(f.products),
         environments=list(f.environments),
-        environment_types=[int(t) for t in f.environment_types],
+        environment_types=[cast(pb.EnvironmentType, t) for t in f.environment_types],
         event_types=list(f.event_types),
         enabled=f.enabled,
         cursor_revision=s.cursor,
@@ -56,7 +57,7 @@ def delivery_message(d: Delivery) -> npb.Delivery:
         subscription_id=d.subscription_id,
         revision=d.revision,
         event_type=d.event_type,
-        state=int(d.state),
+        state=cast(npb.DeliveryState, d.state),
         create_time=convert.timestamp(d.create_time),
         update_time=convert.timestamp(d.update_time),
         redelivery_of=d.redelivery_of,
@@ -126,7 +127,7 @@ class NotificationService(npb_grpc.NotificationServiceServicer):
     async def ListSubscriptions(
         self, request: npb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
     ) -> npb.ListSubscriptionsResponse:
-        subs = await self.notifications.list()
+        subs = await self.notifications.subscriptions()
         return npb.ListSubscriptionsResponse(subscriptions=[subscription_message(s) for s in subs])
 
     async def UpdateSubscription(

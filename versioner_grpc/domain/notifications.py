@@ -297,7 +297,7 @@ class RetryPolicy:
         many deliveries spread out but never come sooner than half the step.
         A Retry-After from the receiver wins when it asks for longer.
         """
-        step = min(self.cap, self.base * 2 ** (attempt - 1))
+        step: float = min(self.cap, self.base * 2.0 ** (attempt - 1))
         delay = step / 2 + rng.uniform(0, step / 2)
         if retry_after is not None:
             delay = max(delay, retry_after)

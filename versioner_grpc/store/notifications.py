@@ -107,7 +107,8 @@ class NotificationStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.database = store.database
-        self.m = store.database.models
+        # The models' columns are dynamic attributes: typed as Any on purpose.
+        self.m: Any = store.database.models
 
     async def _run(self, fn: Callable[[], T], *, write: bool = True) -> T:
         db = self.database
@@ -161,7 +162,7 @@ class NotificationStore:
     async def get(self, sid: str) -> Subscription:
         return await self._run(lambda: self._get(sid), write=False)
 
-    async def list(self) -> list[Subscription]:
+    async def subscriptions(self) -> list[Subscription]:
         S, C = self.m.NotificationSubscription, self.m.NotificationCursor
 
         def run() -> list[Subscription]:

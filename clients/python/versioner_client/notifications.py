@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -70,11 +70,13 @@ class NotificationClient:
         request = npb.CreateSubscriptionRequest(
             name=name,
             url=url,
-            format=format_value(format),
+            format=cast(npb.NotificationFormat, format_value(format)),
             secret=secret,
             products=list(products),
             environments=list(environments),
-            environment_types=[environment_type_value(t) for t in environment_types],
+            environment_types=[
+                cast(pb.EnvironmentType, environment_type_value(t)) for t in environment_types
+            ],
             event_types=list(event_types),
             enabled=enabled,
         )
