@@ -46,6 +46,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else delayed ACKs add 40 ms a request
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

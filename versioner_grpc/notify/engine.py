@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable
 
@@ -58,7 +59,10 @@ from versioner_grpc.watch import _PostgresListener
 
 log = logging.getLogger("versioner.notify")
 ENQUEUE_PAGE = 200
+PENDING_BATCH = 100
 UNAVAILABLE_PAUSE = 1.0
+MAX_DEFER = 0.2  # seconds a delivery step waits at most for queued RecordEvents
+DEFER_STEP = 0.002
 
 
 def _renderer(sub: Subscription) -> Callable[[StoredEvent, str], tuple[str, str] | None]:
@@ -99,6 +103,7 @@ class NotificationEngine:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._manage_wake = asyncio.Event()
+        self._version = 0  # bumped when subscriptions change: workers reload theirs
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: _PostgresListener | None = None
@@ -149,6 +154,7 @@ class NotificationEngine:
 
     def changed(self) -> None:
         """Subscriptions were created, changed or deleted: revisit the leases now."""
+        self._version += 1
         self._manage_wake.set()
         self.wake()
 
@@ -182,15 +188,35 @@ class NotificationEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._manage_wake.wait(), self.lease_seconds / 3)
 
+    async def _defer_to_ingestion(self) -> None:
+        """RecordEvent first: while events wait for the writer, delivery steps aside.
+
+        Bounded, so deliveries still progress under sustained load; the backlog
+        shows as lag and drains when the burst is over.
+        """
+        waited = 0.0
+        while self.store.writes_waiting() and waited < MAX_DEFER:
+            await asyncio.sleep(DEFER_STEP)
+            waited += DEFER_STEP
+
     async def _work(self, sid: str) -> None:
         wake = self._wakes[sid]
+        sub: Subscription | None = None
+        seen, loaded_at = -1, 0.0
         while True:
             try:
-                sub = await self.notifications.get(sid)
+                if (
+                    sub is None
+                    or seen != self._version
+                    or (time.monotonic() - loaded_at > self.lease_seconds / 3)
+                ):  # changed here, or maybe on another replica
+                    seen, loaded_at = self._version, time.monotonic()
+                    sub = await self.notifications.get(sid)
                 if not sub.fields.enabled:
                     return
-                delivery = await self.notifications.next_pending(sid)
-                if delivery is None:
+                await self._defer_to_ingestion()
+                batch = await self.notifications.pending(sid, PENDING_BATCH)
+                if not batch:
                     wake.clear()
                     _, read = await self.notifications.enqueue(
                         sid, self.holder, now_us(), ENQUEUE_PAGE, _renderer(sub)
@@ -199,11 +225,16 @@ class NotificationEngine:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), self.poll_interval)
                     continue
-                due = (delivery.next_attempt_time - now_us()) / 1e6
-                if due > 0:
-                    await asyncio.sleep(min(due, self.lease_seconds / 3))
-                    continue
-                await self._attempt(sub, delivery, self.holder)
+                for delivery in batch:
+                    due = (delivery.next_attempt_time - now_us()) / 1e6
+                    if due > 0:
+                        await asyncio.sleep(min(due, self.lease_seconds / 3))
+                        break
+                    if seen != self._version:
+                        break
+                    if not await self._attempt(sub, delivery, self.holder):
+                        break  # to be retried: read it again, with its attempts
+                    await self._defer_to_ingestion()
             except (LeaseLost, NotFound):
                 return
             except Unavailable as exc:
@@ -222,8 +253,8 @@ class NotificationEngine:
             return Outcome(0, 0, str(exc), "", "retry")
         return await self.sender.send(sub.fields.url, kind, delivery_id, body.encode(), secret)
 
-    async def _attempt(self, sub: Subscription, delivery: Delivery, holder: str | None) -> None:
-        """One attempt at `delivery`, logged with the delivery's new state."""
+    async def _attempt(self, sub: Subscription, delivery: Delivery, holder: str | None) -> bool:
+        """One attempt at `delivery`, logged with its new state; True once it is settled."""
         outcome = await self._send(sub, delivery.id, delivery.event_type, delivery.body)
         now = now_us()
         result, error, state, next_at = outcome.result, outcome.error, DeliveryState.PENDING, 0
@@ -254,6 +285,7 @@ class NotificationEngine:
                     error=error,
                 ),
             )  # fmt: skip
+        return state is not DeliveryState.PENDING
 
     # Requests from the service ------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Notification tables: subscriptions, cursors with their leases, deliveries, attempts.
 
-Not a hot path (a few writes per event per subscription), so Peewee's query
-builder is used rather than fixed SQL. Every method runs on a reader thread of
-the store, in a transaction of its own; the writer thread is not involved, so
-delivery never queues behind (or in front of) RecordEvent.
+Reads run on a thread of their own (one connection), so they never take an
+RPC reader thread; writes run on the writer thread between event batches, each
+in a transaction of its own: on SQLite a second writing thread would wait for
+the file lock in sleeps of milliseconds and slow RecordEvent down, and events
+go first.
 
 Fencing: the engine's writes (cursor moves, delivery outcomes) are conditional
 on its lease, so a replica that lost its lease (paused, partitioned) cannot move
@@ -16,6 +17,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import peewee as pw
@@ -107,21 +109,26 @@ class NotificationStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.database = store.database
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="versioner-notify")
         # The models' columns are dynamic attributes: typed as Any on purpose.
         self.m: Any = store.database.models
 
     async def _run(self, fn: Callable[[], T], *, write: bool = True) -> T:
+        """Writes on the writer thread (between event batches), reads on our own thread."""
+        if write:
+            return await self._store.writer.run_job(fn)
         db = self.database
 
         def transaction() -> T:
-            if write:
-                with db.write_transaction():
-                    return fn()
             with db.db.atomic():
                 return fn()
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._store._readers, db.call, transaction)
+        return await loop.run_in_executor(self._thread, db.call, transaction)
+
+    def close(self) -> None:
+        self._thread.submit(self.database.close).result()
+        self._thread.shutdown(wait=True)
 
     def _name_free(self, name: str, own_id: str = "") -> None:
         S = self.m.NotificationSubscription
@@ -301,21 +308,22 @@ class NotificationStore:
 
         return await self._run(run)
 
-    async def next_pending(self, sid: str) -> Delivery | None:
-        """The oldest delivery of `sid` not yet settled, with its attempts so far."""
+    async def pending(self, sid: str, limit: int) -> list[Delivery]:
+        """The oldest deliveries of `sid` not yet settled, in order, with their attempts."""
         D, A = self.m.NotificationDelivery, self.m.NotificationAttempt
 
-        def run() -> Delivery | None:
-            row = (
+        def run() -> list[Delivery]:
+            rows = list(
                 D.select()
                 .where((D.subscription_id == sid) & (D.state == int(DeliveryState.PENDING)))
                 .order_by(D.seq)
-                .first()
+                .limit(limit)
             )
-            if row is None:
-                return None
-            attempts = A.select().where(A.delivery_id == row.id).order_by(A.number)
-            return _delivery(row, list(attempts))
+            attempts: dict[str, list[Any]] = {r.id: [] for r in rows}
+            if any(r.next_attempt_time != r.create_time for r in rows):  # retried ones only
+                for a in A.select().where(A.delivery_id.in_(list(attempts))).order_by(A.number):
+                    attempts[a.delivery_id].append(a)
+            return [_delivery(r, attempts[r.id]) for r in rows]
 
         return await self._run(run, write=False)
 

@@ -49,8 +49,13 @@ class Store:
 
     def close(self) -> None:
         self.writer.stop()
+        self.notifications.close()
         self._readers.submit(self.database.close).result()
         self._readers.shutdown(wait=True)
+
+    def writes_waiting(self) -> bool:
+        """RecordEvents are queued for the writer (background work may step aside)."""
+        return self.writer.waiting() > 0
 
     def subscribe(self, callback: Callable[[list[StoredEvent]], None]) -> None:
         """Call `callback` (on the writer thread) with each batch of committed events."""
