@@ -1,4 +1,4 @@
-"""One HTTP attempt at a delivery: httpx, no redirects followed, bounded time and size."""
+"""One HTTP attempt at a delivery: aiohttp, no redirects followed, bounded time and size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import email.utils
 import time
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from versioner_grpc.domain.notifications import RESPONSE_EXCERPT_BYTES, classify
 from versioner_grpc.notify.payloads import signature
@@ -40,20 +40,32 @@ def retry_after(value: str | None, now: float) -> float | None:
 
 
 class Sender:
-    """Shares one httpx.AsyncClient (connection pool) across every subscription."""
+    """Shares one aiohttp session (a connection pool) across every subscription.
+
+    aiohttp rather than httpx: measured on loopback, 10 concurrent lanes, it
+    costs 130-180 µs of CPU per request against httpx's 860-900 µs (and 4-6x the
+    requests per second), and delivery shares the server's CPU with RecordEvent.
+    """
 
     def __init__(self, *, timeout: float = 10.0, allow_private: bool = False) -> None:
         self.allow_private = allow_private
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            trust_env=False,  # no proxy from the environment: the SSRF check must see the target
-        )
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on the running loop, at first use
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                headers={"User-Agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(limit=200, limit_per_host=20),
+                trust_env=False,  # no proxy from the environment: the SSRF check sees the target
+                auto_decompress=False,
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def send(
         self, url: str, event_type: str, delivery_id: str, body: bytes, secret: str
@@ -76,23 +88,28 @@ class Sender:
         if secret:
             headers["X-Versioner-Signature"] = signature(secret, body)
         try:
-            async with self.client.stream("POST", url, content=body, headers=headers) as response:
-                excerpt = bytearray()
-                async for chunk in response.aiter_raw():
-                    excerpt += chunk
-                    if len(excerpt) >= RESPONSE_EXCERPT_BYTES:
+            async with self._client().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                excerpt = b""
+                while len(excerpt) < RESPONSE_EXCERPT_BYTES:
+                    chunk = await response.content.read(RESPONSE_EXCERPT_BYTES - len(excerpt))
+                    if not chunk:
                         break
-        except httpx.TimeoutException as exc:
-            return Outcome(0, elapsed(), f"timeout: {type(exc).__name__}", "", "retry")
-        except httpx.HTTPError as exc:
+                    excerpt += chunk
+                status = response.status
+                location = response.headers.get("Location", "?")
+                wait_header = response.headers.get("Retry-After")
+        except TimeoutError:
+            return Outcome(0, elapsed(), "timeout: no answer in time", "", "retry")
+        except aiohttp.ClientError as exc:
             return Outcome(0, elapsed(), f"{type(exc).__name__}: {exc}", "", "retry")
-        status = response.status_code
-        text = bytes(excerpt[:RESPONSE_EXCERPT_BYTES]).decode("utf-8", "replace")
+        text = excerpt.decode("utf-8", "replace")
         result = classify(status)
         error = ""
         if result != "success":
             error = f"HTTP {status}"
             if 300 <= status < 400:
-                error += f": redirect to {response.headers.get('location', '?')} not followed"
-        wait = retry_after(response.headers.get("retry-after"), time.time())
+                error += f": redirect to {location} not followed"
+        wait = retry_after(wait_header, time.time())
         return Outcome(status, elapsed(), error, text, result, wait if result == "retry" else None)

@@ -251,17 +251,16 @@ class NotificationStore:
         await self._run(run)
 
     def _fence(self, sid: str, holder: str, now: int) -> int:
-        """The cursor, if `holder` still holds the lease; else LeaseLost."""
-        C = self.m.NotificationCursor
-        query = C.select(C.revision).where(
-            (C.subscription_id == sid) & (C.lease_holder == holder) & (C.lease_until >= now)
+        """The cursor, if `holder` still holds the lease; else LeaseLost (fixed SQL)."""
+        lock = " FOR UPDATE" if self.database.is_postgres else ""
+        revision = self.database.sql.value(
+            "SELECT revision FROM notification_cursor WHERE subscription_id = ? "
+            f"AND lease_holder = ? AND lease_until >= ?{lock}",
+            (sid, holder, now),
         )
-        if self.database.is_postgres:
-            query = query.for_update()
-        row = query.first()
-        if row is None:
+        if revision is None:
             raise LeaseLost(sid)
-        return int(row.revision)
+        return int(revision)
 
     # Deliveries -----------------------------------------------------------------
 
@@ -330,20 +329,19 @@ class NotificationStore:
     def _record(
         self, delivery_id: str, attempt: Attempt, state: DeliveryState, next_at: int
     ) -> None:
-        D, A = self.m.NotificationDelivery, self.m.NotificationAttempt
-        A.create(
-            delivery_id=delivery_id,
-            number=attempt.number,
-            time=attempt.time,
-            http_status=attempt.http_status,
-            latency_us=attempt.latency_us,
-            error=attempt.error,
-            response_body=attempt.response_body,
-            result=attempt.result,
+        """Log an attempt and set the delivery's state (fixed SQL: once per attempt)."""
+        sql = self.database.sql
+        sql.run(
+            "INSERT INTO notification_attempt (delivery_id, number, time, http_status, "
+            "latency_us, error, response_body, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (delivery_id, attempt.number, attempt.time, attempt.http_status, attempt.latency_us,
+             attempt.error, attempt.response_body, attempt.result),
+        )  # fmt: skip
+        sql.run(
+            "UPDATE notification_delivery SET state = ?, update_time = ?, next_attempt_time = ? "
+            "WHERE id = ?",
+            (int(state), attempt.time, next_at, delivery_id),
         )
-        D.update(state=int(state), update_time=attempt.time, next_attempt_time=next_at).where(
-            D.id == delivery_id
-        ).execute()
 
     async def record_attempt(
         self,
