@@ -32,7 +32,7 @@ def readme_receiver() -> str:
 
 def test_readme_receiver_accepts_signed_webhooks_and_rejects_a_wrong_secret(nserver, tmp_path):  # noqa: F811
     code = readme_receiver()
-    assert len(code.strip().splitlines()) <= 10
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
     script = tmp_path / "receiver.py"
     script.write_text(code)
     with socket.socket() as s:
