@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import notify as notify_bench
 from bench import options, procs, report, seed
 from bench.options import size_label
 from bench.runner import LoadPool
@@ -241,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif backend != "sqlite":
                 raise SystemExit(f"unknown backend {backend!r}")
             results["backends"][backend] = run.backend(backend, pool, null)
+        if "notify" in args.suites:
+            _section("notifications (SQLite): RecordEvent with 10 webhook subscriptions / none")
+            results["notify"] = notify_bench.run(seconds=args.seconds, pool=pool)
     except KeyboardInterrupt:
         _say("interrupted: reporting what was measured")
         results["interrupted"] = True

@@ -90,6 +90,29 @@ def subscribe(server: procs.ServerProc, port: int) -> None:
             )
 
 
+def run(
+    *,
+    seconds: float = 8.0,
+    inflight: int = 16,
+    repeat: int = 3,
+    rate: float = 50.0,
+    latency_seconds: float = 20.0,
+    pool: LoadPool | None = None,
+) -> dict[str, Any]:
+    """Both measurements; `pool` (load processes) is made and closed here unless given."""
+    args = argparse.Namespace(
+        seconds=seconds, inflight=inflight, repeat=repeat, rate=rate,
+        latency_seconds=latency_seconds,
+    )  # fmt: skip
+    own_pool = pool is None
+    pool = pool or LoadPool(2)
+    try:
+        return _measure(args, pool)
+    finally:
+        if own_pool:
+            pool.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.notify", description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput run")
@@ -100,12 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
+    pool = LoadPool(args.load_processes)
+    try:
+        result = _measure(args, pool)
+    finally:
+        pool.close()
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _measure(args: argparse.Namespace, pool: LoadPool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="versioner-bench-notify-"))
     receiver = Receiver(tmp)
     extra = ["--allow-private-webhooks"]
     with_subs = procs.versioner(f"sqlite:///{tmp}/with.db", tmp / "with.log", extra=extra)
     without = procs.versioner(f"sqlite:///{tmp}/without.db", tmp / "without.log", extra=extra)
-    pool = LoadPool(args.load_processes)
     result: dict[str, Any] = {}
     try:
         subscribe(with_subs, receiver.port)
@@ -166,13 +199,10 @@ def main(argv: list[str] | None = None) -> int:
              f"subscriptions: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
              f"({lat['deliveries_received']}/{expected} received)")  # fmt: skip
     finally:
-        pool.close()
         with_subs.stop()
         without.stop()
         receiver.stop()
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "after [VERSIONER_BENCH_POSTGRES_URL; default: %(default)s]",
     )
     p.add_argument(
-        "--suites", type=_names, default=["unary", "watch", "metrics"], help="unary,watch,metrics"
+        "--suites",
+        type=_names,
+        default=["unary", "watch", "metrics", "notify"],
+        help="unary,watch,metrics,notify",
     )
     p.add_argument("--rpcs", type=_names, default=["RecordEvent", "GetCurrent", "ListHistory"])
     p.add_argument("--concurrency", type=_ints, default=[1, 16, 64], help="calls in flight")
