@@ -52,7 +52,7 @@ from versioner_grpc.metrics.notifications import NotificationMetrics
 from versioner_grpc.notify import payloads
 from versioner_grpc.notify.secrets import SecretBox, SecretUnavailable
 from versioner_grpc.notify.sender import Outcome, Sender
-from versioner_grpc.store.notifications import LeaseLost, NotificationStore
+from versioner_grpc.store.notifications import LeaseLost, NotificationStore, Settled
 from versioner_grpc.store.store import Store
 from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import _PostgresListener
@@ -60,6 +60,7 @@ from versioner_grpc.watch import _PostgresListener
 log = logging.getLogger("versioner.notify")
 ENQUEUE_PAGE = 200
 PENDING_BATCH = 100
+FLUSH_EVERY = 20  # attempts logged per transaction, at most
 UNAVAILABLE_PAUSE = 1.0
 MAX_DEFER = 0.2  # seconds a delivery step waits at most for queued RecordEvents
 DEFER_STEP = 0.002
@@ -225,16 +226,24 @@ class NotificationEngine:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), self.poll_interval)
                     continue
+                # Sent in order; their attempts are logged together, in one
+                # transaction, before the next batch is read (a crash in between
+                # sends them again, same ids: at least once).
+                done: list[Settled] = []
+                wait = 0.0
                 for delivery in batch:
-                    due = (delivery.next_attempt_time - now_us()) / 1e6
-                    if due > 0:
-                        await asyncio.sleep(min(due, self.lease_seconds / 3))
+                    wait = (delivery.next_attempt_time - now_us()) / 1e6
+                    if wait > 0 or seen != self._version:
                         break
-                    if seen != self._version:
-                        break
-                    if not await self._attempt(sub, delivery, self.holder):
+                    done.append(await self._attempt(sub, delivery))
+                    if done[-1][2] is DeliveryState.PENDING:
                         break  # to be retried: read it again, with its attempts
+                    if len(done) >= FLUSH_EVERY:
+                        await self._flush(sid, done)
                     await self._defer_to_ingestion()
+                await self._flush(sid, done)
+                if wait > 0:
+                    await asyncio.sleep(min(wait, self.lease_seconds / 3))
             except (LeaseLost, NotFound):
                 return
             except Unavailable as exc:
@@ -253,8 +262,13 @@ class NotificationEngine:
             return Outcome(0, 0, str(exc), "", "retry")
         return await self.sender.send(sub.fields.url, kind, delivery_id, body.encode(), secret)
 
-    async def _attempt(self, sub: Subscription, delivery: Delivery, holder: str | None) -> bool:
-        """One attempt at `delivery`, logged with its new state; True once it is settled."""
+    async def _flush(self, sid: str, done: list[Settled]) -> None:
+        if done:
+            await self.notifications.record_attempts(sid, self.holder, done)
+            done.clear()
+
+    async def _attempt(self, sub: Subscription, delivery: Delivery) -> Settled:
+        """One attempt at `delivery`: what to log, and the delivery's new state."""
         outcome = await self._send(sub, delivery.id, delivery.event_type, delivery.body)
         now = now_us()
         result, error, state, next_at = outcome.result, outcome.error, DeliveryState.PENDING, 0
@@ -274,9 +288,6 @@ class NotificationEngine:
             outcome.response_body, result,
         )  # fmt: skip
         self.metrics.observe(sub.fields.name, result, outcome.latency_us / 1e6)
-        await self.notifications.record_attempt(
-            sub.id, holder, delivery.id, attempt, state, next_at
-        )
         if state is DeliveryState.FAILED:
             log.warning(
                 "delivery failed",
@@ -285,7 +296,7 @@ class NotificationEngine:
                     error=error,
                 ),
             )  # fmt: skip
-        return state is not DeliveryState.PENDING
+        return delivery.id, attempt, state, next_at
 
     # Requests from the service ------------------------------------------------------
 

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from versioner_grpc.store.store import Store
 
 T = TypeVar("T")
+# An attempt to log: (delivery id, attempt, the delivery's new state, next attempt time).
+Settled = tuple[str, Attempt, DeliveryState, int]
 # render(event) -> (event type, body) for a subscription, or None when filtered out.
 Render = Callable[[StoredEvent, str], tuple[str, str] | None]
 
@@ -343,21 +345,14 @@ class NotificationStore:
             (int(state), attempt.time, next_at, delivery_id),
         )
 
-    async def record_attempt(
-        self,
-        sid: str,
-        holder: str | None,
-        delivery_id: str,
-        attempt: Attempt,
-        state: DeliveryState,
-        next_attempt_time: int,
-    ) -> None:
-        """Log an attempt and the delivery's new state (fenced by the lease if `holder`)."""
+    async def record_attempts(self, sid: str, holder: str, settled: Sequence[Settled]) -> None:
+        """Log attempts and the deliveries' new states, fenced by the lease, in one transaction."""
+        rows = list(settled)
 
         def run() -> None:
-            if holder is not None:
-                self._fence(sid, holder, attempt.time)
-            self._record(delivery_id, attempt, state, next_attempt_time)
+            self._fence(sid, holder, rows[-1][1].time)
+            for delivery_id, attempt, state, next_at in rows:
+                self._record(delivery_id, attempt, state, next_at)
 
         await self._run(run)
 
