@@ -186,8 +186,10 @@ class NotificationEngine:
                         "delivering subscription",
                         extra=fields(event="lease_taken", subscription=sid, holder=self.holder),
                     )
+            # asyncio.timeout, not wait_for: no helper task comes and goes each cycle.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._manage_wake.wait(), self.lease_seconds / 3)
+                async with asyncio.timeout(self.lease_seconds / 3):
+                    await self._manage_wake.wait()
 
     async def _defer_to_ingestion(self) -> None:
         """RecordEvent first: while events wait for the writer, delivery steps aside.
@@ -224,7 +226,8 @@ class NotificationEngine:
                     )
                     if read == 0:
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wake.wait(), self.poll_interval)
+                            async with asyncio.timeout(self.poll_interval):
+                                await wake.wait()
                     continue
                 # Sent in order; their attempts are logged together, in one
                 # transaction, before the next batch is read (a crash in between
