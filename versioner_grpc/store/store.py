@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -53,9 +54,14 @@ class Store:
         self._readers.submit(self.database.close).result()
         self._readers.shutdown(wait=True)
 
-    def writes_waiting(self) -> bool:
-        """RecordEvents are queued for the writer (background work may step aside)."""
-        return self.writer.waiting() > 0
+    def writes_waiting(self, recent: float = 0.005) -> bool:
+        """RecordEvents are queued, or an event batch committed in the last `recent` s.
+
+        Background work steps aside while this holds. Under a closed-loop load the
+        queue is often empty for an instant (the writer just took everything), so
+        a batch that has just committed counts too: more are about to come.
+        """
+        return self.writer.waiting() > 0 or time.monotonic() - self.writer.last_batch_end < recent
 
     def subscribe(self, callback: Callable[[list[StoredEvent]], None]) -> None:
         """Call `callback` (on the writer thread) with each batch of committed events."""

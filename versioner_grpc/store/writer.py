@@ -67,6 +67,7 @@ class Writer:
         # callers' loop, taken by the writer.
         self._events_queued = 0
         self._events_taken = 0
+        self.last_batch_end = 0.0  # time.monotonic() when the last event batch committed
         self._thread = threading.Thread(target=self._run, name="versioner-writer", daemon=True)
         self.batches = 0  # for tests and benchmarks: how much grouping happened
 
@@ -121,6 +122,7 @@ class Writer:
             self._events_taken += len(batch)
             if batch:
                 self._commit(batch)  # events first: ingestion has priority
+                self.last_batch_end = time.monotonic()
             for job in items:
                 if isinstance(job, _Job):
                     self._run_job(job)
