@@ -537,3 +537,20 @@ def test_metrics_count_attempts_by_result_and_export_lag(nserver, receiver):
     )
     assert "versioner_notification_delivery_seconds_count 2.0" in text
     assert 'versioner_notification_lag_seconds{subscription="metered"} 0.0' in text
+
+
+def test_the_connections_own_dns_answers_are_checked_too():
+    """DNS rebinding between the check and the connect: the connector's resolver refuses."""
+    import asyncio
+
+    from versioner_grpc.notify.sender import _PublicOnlyResolver
+
+    async def resolve() -> None:
+        resolver = _PublicOnlyResolver()
+        try:
+            await resolver.resolve("localhost", 80)
+        finally:
+            await resolver.close()
+
+    with pytest.raises(OSError, match="loopback"):
+        asyncio.run(resolve())

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import ResolveResult
 
 from versioner_grpc.domain.notifications import RESPONSE_EXCERPT_BYTES, classify
 from versioner_grpc.notify.payloads import signature
-from versioner_grpc.notify.ssrf import TargetRefused, check_target
+from versioner_grpc.notify.ssrf import TargetRefused, check_target, refused_reason
 
 USER_AGENT = "Versioner-Hookshot/1"
 
@@ -39,6 +41,25 @@ def retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+class _PublicOnlyResolver(aiohttp.ThreadedResolver):
+    """The connection's own DNS answers pass the SSRF rule too.
+
+    Closes the gap between check_target and connecting, where a name could be
+    re-pointed at a private address (DNS rebinding): the connection fails (and
+    the next attempt's check refuses the target for good).
+    """
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await super().resolve(host, port, family)
+        for answer in answers:
+            reason = refused_reason(answer["host"])
+            if reason:
+                raise OSError(f"{host} resolves to {answer['host']}, {reason}")
+        return answers
+
+
 class Sender:
     """Shares one aiohttp session (a connection pool) across every subscription.
 
@@ -57,7 +78,11 @@ class Sender:
             self._session = aiohttp.ClientSession(
                 timeout=self.timeout,
                 headers={"User-Agent": USER_AGENT},
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=20),
+                connector=aiohttp.TCPConnector(
+                    limit=200,
+                    limit_per_host=20,
+                    resolver=None if self.allow_private else _PublicOnlyResolver(),
+                ),
                 trust_env=False,  # no proxy from the environment: the SSRF check sees the target
                 auto_decompress=False,
             )
