@@ -554,3 +554,20 @@ def test_the_connections_own_dns_answers_are_checked_too():
 
     with pytest.raises(OSError, match="loopback"):
         asyncio.run(resolve())
+
+
+def test_lag_grows_while_an_endpoint_keeps_failing(nserver, receiver):
+    import urllib.request
+
+    receiver.script("failing", *[503] * 1000)
+    subscribe(nserver, receiver, "failing")
+    record(nserver.stub)
+    receiver.wait_for("failing", 2)
+    time.sleep(0.1)  # not a timing assertion: lets the event age measurably
+    with urllib.request.urlopen(nserver.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    (line,) = [
+        x for x in text.splitlines()
+        if x.startswith('versioner_notification_lag_seconds{subscription="failing"}')
+    ]  # fmt: skip
+    assert float(line.split()[-1]) > 0
