@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import governance, options, procs, report, seed
+from bench import notify as notify_bench
 from bench.http_suite import http_suite
 from bench.options import size_label
 from bench.runner import LoadPool
@@ -281,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif backend != "sqlite":
                 raise SystemExit(f"unknown backend {backend!r}")
             results["backends"][backend] = run.backend(backend, pool, null)
+        if "notify" in args.suites:
+            _section("notifications (SQLite): RecordEvent with 10 webhook subscriptions / none")
+            results["notify"] = notify_bench.run(seconds=args.seconds, pool=pool)
     except KeyboardInterrupt:
         _say("interrupted: reporting what was measured")
         results["interrupted"] = True

@@ -64,8 +64,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--suites",
         type=_names,
-        default=["unary", "http", "watch", "metrics", "rules"],
-        help="unary,http,watch,metrics,rules (http: POST /deployment-events/ vs a null HTTP app)",
+        default=["unary", "http", "watch", "metrics", "rules", "notify"],
+        help="unary,http,watch,metrics,rules,notify (http: POST /deployment-events/ vs a null app)",
     )
     p.add_argument("--rpcs", type=_names, default=["RecordEvent", "GetCurrent", "ListHistory"])
     p.add_argument("--concurrency", type=_ints, default=[1, 16, 64], help="calls in flight")

@@ -33,9 +33,12 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from versioner.v1 import deployment_service_pb2 as pb
+from versioner.v1 import notification_service_pb2 as npb
+from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
 from tests.conftest import RunningServer
 from tests.promql_exprs import RULE_FILES, dashboard_and_rule_expressions, rule_expressions
+from tests.receiver import Receiver
 from versioner_grpc.config import Config
 
 STARTED = pb.DEPLOYMENT_STATUS_STARTED
@@ -80,6 +83,7 @@ MUST_BE_EMPTY = {
     "alerts.yml VersionerNoRecentProductionDeployment": "the last completion was 1h ago",
     "alerts.yml VersionerGrpcServerErrors": "no call ended Unknown/Internal/...",
     "alerts.yml VersionerApprovalWaitingTooLong": "no approval request waited 4 hours",
+    "alerts.yml VersionerNotificationLagHigh": "the subscription is caught up",
 }
 # Expressions that may legitimately be empty. The dashboard annotations compare the last
 # deployment timestamp with its value `offset 1m`: Prometheus has been running for less
@@ -319,13 +323,22 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
         progress_interval=0.5,
         poll_interval=0.5,
         rules_file=str(tmp_path / "rules.toml"),
+        allow_private_webhooks=True,
     )
     server = RunningServer(config)
     prometheus = None
     watch = None
+    receiver = Receiver()
     try:
         base = time.time() - 3600
+        # A webhook subscription, for the notification panels and alert.
+        npb_grpc.NotificationServiceStub(server.channel).CreateSubscription(
+            npb.CreateSubscriptionRequest(
+                name="hook", url=receiver.url("hook"), format=npb.NOTIFICATION_FORMAT_WEBHOOK
+            )
+        )
         record_phase_a(server.stub, base)
+        receiver.wait_for("hook", 6)
         # An open watch stream, for the 'Open watch streams' panel.
         watch = server.stub.WatchDeployments(pb.WatchDeploymentsRequest())
         next(watch)
@@ -347,6 +360,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
 
         eventually(scraped_phase_a, 60)
         record_phase_b(server.stub, base)
+        receiver.wait_for("hook", 15)
 
         # The raw series are exactly what was recorded.
         expected = {
@@ -425,6 +439,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
         if prometheus is not None:
             prometheus.stop()
         server.stop()
+        receiver.close()
 
 
 def _assert_equal(got: dict[str, dict], expected: dict[str, dict]) -> None:

@@ -54,6 +54,7 @@ HISTOGRAMS = {
     "versioner_time_to_restore_seconds",
     "grpc_server_handling_seconds",
     "versioner_approval_wait_seconds",
+    "versioner_notification_delivery_seconds",
 }
 KNOWN_METRICS = {
     "up",
@@ -70,7 +71,12 @@ KNOWN_METRICS = {
     "versioner_rule_decisions_total",
     "versioner_approvals_pending",
     "versioner_approval_oldest_pending_seconds",
+    "versioner_notification_deliveries_total",
+    "versioner_notification_lag_seconds",
 } | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+
+# Counted in each replica's memory, like the gRPC metrics: these are summed.
+PER_REPLICA = ("versioner_notification_deliveries", "versioner_notification_delivery_seconds")
 
 _RECORDED_NAME = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b")
 _METRIC_NAME = re.compile(r"\b(?:versioner|grpc_server)_[a-z0-9_]+\b")
@@ -213,8 +219,12 @@ def test_recorded_series_are_read_in_their_own_group_below_their_rule() -> None:
             recorded_above.add(where.rsplit(" ", 1)[1])
 
 
-# Counted by each replica for what it decided itself: these are summed.
-PER_REPLICA = {"versioner_rule_decisions_total", "versioner_approval_wait_seconds_bucket"}
+# Counted by each replica for what it decided or attempted itself: these are summed.
+PER_REPLICA_SERIES = (
+    "versioner_rule_decisions_total",
+    "versioner_approval_wait_seconds_bucket",
+    *PER_REPLICA,
+)
 
 
 def test_deployment_metrics_are_deduplicated_across_replicas() -> None:
@@ -223,8 +233,8 @@ def test_deployment_metrics_are_deduplicated_across_replicas() -> None:
         if "versioner_" not in expr or re.search(r"\bsum\b", expr) is None:
             continue
         for selector in re.findall(r"\bversioner_[a-z_]+(?:_total|_bucket)\b", expr):
-            if selector in PER_REPLICA:
-                continue
+            if selector.startswith(PER_REPLICA_SERIES):
+                continue  # counted by the replica that made the attempt: summed
             assert re.search(r"max (?:without|by)", expr), f"{where}: sums {selector} unmerged"
 
 

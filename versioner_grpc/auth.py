@@ -31,9 +31,11 @@ READ = "deployments:read"
 WRITE = "deployments:write"
 APPROVE = "deployments:approve"
 OVERRIDE = "deployments:override"
-SCOPES = (READ, WRITE, APPROVE, OVERRIDE)
+NOTIFY_ADMIN = "notifications:admin"
+SCOPES = (READ, WRITE, APPROVE, OVERRIDE, NOTIFY_ADMIN)
 SERVICE = "/versioner.v1.DeploymentService/"
 GOVERNANCE = "/versioner.v1.GovernanceService/"
+NOTIFY = "/versioner.v1.NotificationService/"
 # The scope each RPC needs. Anything not listed (health, reflection) is open.
 REQUIRED_SCOPE = {
     SERVICE + "RecordEvent": WRITE,
@@ -47,6 +49,13 @@ REQUIRED_SCOPE = {
     GOVERNANCE + "ListApprovals": READ,
     GOVERNANCE + "CheckRules": READ,
     GOVERNANCE + "ListAudit": READ,
+    NOTIFY + "CreateSubscription": NOTIFY_ADMIN,
+    NOTIFY + "UpdateSubscription": NOTIFY_ADMIN,
+    NOTIFY + "DeleteSubscription": NOTIFY_ADMIN,
+    NOTIFY + "Redeliver": NOTIFY_ADMIN,
+    NOTIFY + "SendTest": NOTIFY_ADMIN,
+    NOTIFY + "ListSubscriptions": READ,
+    NOTIFY + "ListDeliveries": READ,
 }
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 

@@ -41,6 +41,15 @@ class Config:
     approval_sweep_interval: float = 10.0
     # HTTP/JSON API (DESIGN.md section 8)
     http_listen: str = "127.0.0.1:8080"
+    # Notifications (DESIGN.md §7)
+    secrets_key: str = ""
+    allow_private_webhooks: bool = False
+    delivery_retention_days: float = 7.0
+    notification_timeout: float = 10.0
+    notification_retry_base: float = 1.0
+    notification_retry_cap: float = 300.0
+    notification_retry_window: float = 86_400.0
+    notification_lease_seconds: float = 15.0
 
 
 HELP = {
@@ -81,6 +90,18 @@ HELP = {
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",
+    # Notifications (DESIGN.md §7)
+    "secrets_key": "Fernet key encrypting webhook secrets in the database (prefer the "
+    "environment variable); without it secrets are stored in clear",
+    "allow_private_webhooks": "allow webhook URLs resolving to loopback, private, link-local "
+    "or metadata addresses (refused by default)",
+    "delivery_retention_days": "keep the notification delivery log this many days",
+    "notification_timeout": "seconds a webhook receiver gets to answer",
+    "notification_retry_base": "seconds before the first retry of a failed delivery (doubling)",
+    "notification_retry_cap": "longest wait between two retries of a delivery, in seconds",
+    "notification_retry_window": "seconds after which a delivery still failing is given up",
+    "notification_lease_seconds": "a replica's hold on a subscription expires this long after "
+    "its last renewal (renewed every third of it); another replica then takes over",
 }
 
 

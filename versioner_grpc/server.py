@@ -22,11 +22,14 @@ from prometheus_client import (
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import governance_service_pb2 as gpb
 from versioner.v1 import governance_service_pb2_grpc as gpb_grpc
+from versioner.v1 import notification_service_pb2 as npb
+from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable
+from versioner_grpc.domain.notifications import RetryPolicy
 from versioner_grpc.governance import audit
 from versioner_grpc.governance import rules as governance_rules
 from versioner_grpc.governance_service import GovernanceService
@@ -37,6 +40,11 @@ from versioner_grpc.metrics.governance import GovernanceMetrics
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics
 from versioner_grpc.metrics.http import MetricsServer
 from versioner_grpc.metrics.http_metrics import HttpMetrics
+from versioner_grpc.metrics.notifications import NotificationMetrics
+from versioner_grpc.notification_service import NotificationService
+from versioner_grpc.notify.engine import NotificationEngine
+from versioner_grpc.notify.secrets import SecretBox
+from versioner_grpc.notify.sender import Sender
 from versioner_grpc.rest.app import create_app
 from versioner_grpc.rest.serve import HttpServer
 from versioner_grpc.service import DeploymentService, add_to_server
@@ -46,6 +54,7 @@ from versioner_grpc.watch import WatchHub
 log = logging.getLogger("versioner.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeploymentService"].full_name
 GOVERNANCE_SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["GovernanceService"].full_name
+NOTIFICATION_SERVICE_NAME = npb.DESCRIPTOR.services_by_name["NotificationService"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -146,6 +155,11 @@ class Server:
         self._metrics_http: MetricsServer | None = None
         self._tasks: list[asyncio.Task[object]] = []
         self.watch: WatchHub | None = None
+        self.secrets = SecretBox(config.secrets_key)
+        self.notification_metrics = NotificationMetrics(
+            self.registry, lambda: self.store.notifications.lag_seconds_sync(now_us())
+        )
+        self.notify: NotificationEngine | None = None
 
     async def start(self) -> None:
         check_exposure(self.config)
@@ -175,11 +189,38 @@ class Server:
         gpb_grpc.add_GovernanceServiceServicer_to_server(
             GovernanceService(self.store, self.governance_metrics.approved_after), server
         )
+        self.notify = NotificationEngine(
+            self.store,
+            box=self.secrets,
+            sender=Sender(
+                timeout=self.config.notification_timeout,
+                allow_private=self.config.allow_private_webhooks,
+            ),
+            metrics=self.notification_metrics,
+            policy=RetryPolicy(
+                base=self.config.notification_retry_base,
+                cap=self.config.notification_retry_cap,
+                window=self.config.notification_retry_window,
+            ),
+            lease_seconds=self.config.notification_lease_seconds,
+            poll_interval=self.config.poll_interval,
+            retention_days=self.config.delivery_retention_days,
+        )
+        npb_grpc.add_NotificationServiceServicer_to_server(
+            NotificationService(
+                self.store.notifications,
+                self.notify,
+                self.secrets,
+                allow_private=self.config.allow_private_webhooks,
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 SERVICE_NAME,
                 GOVERNANCE_SERVICE_NAME,
+                NOTIFICATION_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -206,6 +247,7 @@ class Server:
             self.http_port = self._http.port
         await server.start()
         self._grpc = server
+        await self.notify.start()
         if self.config.metrics_listen.lower() != "off":
             mhost = self.config.metrics_listen.rpartition(":")[0]
             self._metrics_http = MetricsServer(
@@ -337,6 +379,8 @@ class Server:
         if self._grpc is not None:
             draining.append(self._grpc.stop(grace))
         await asyncio.gather(*draining)  # both APIs drain at once, within one grace
+        if self.notify is not None:
+            await self.notify.close()
         if self._metrics_http is not None:
             self._metrics_http.close()
         loop = asyncio.get_running_loop()

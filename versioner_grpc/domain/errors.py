@@ -30,7 +30,7 @@ class FailedPrecondition(VersionerError):
 
 
 class NotFound(VersionerError):
-    """A thing the call names by id does not exist (a deployment, an approval)."""
+    """A thing the call names by id does not exist (a deployment, an approval, a subscription)."""
 
 
 class ResourceExhausted(VersionerError):

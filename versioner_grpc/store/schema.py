@@ -31,6 +31,11 @@ class Models:
     Approval: type[pw.Model]
     ApprovalDecision: type[pw.Model]
     AuditEntry: type[pw.Model]
+    # Notifications (migration 4)
+    NotificationSubscription: type[pw.Model]
+    NotificationCursor: type[pw.Model]
+    NotificationDelivery: type[pw.Model]
+    NotificationAttempt: type[pw.Model]
 
     def all(self) -> list[type[pw.Model]]:
         return [
@@ -45,6 +50,15 @@ class Models:
             self.Approval,
             self.ApprovalDecision,
             self.AuditEntry,
+            *self.notification_tables(),
+        ]
+
+    def notification_tables(self) -> list[type[pw.Model]]:
+        return [
+            self.NotificationSubscription,
+            self.NotificationCursor,
+            self.NotificationDelivery,
+            self.NotificationAttempt,
         ]
 
 
@@ -237,6 +251,65 @@ def define_models(database: pw.Database) -> Models:
         class Meta:
             indexes = ((("time",), False), (("principal", "id"), False))
 
+    class NotificationSubscription(Base):
+        """Where to send which events. List fields are JSON arrays."""
+
+        id = pw.CharField(max_length=64, primary_key=True)
+        name = pw.CharField(max_length=100, unique=True)
+        url = pw.TextField()
+        format = pw.SmallIntegerField()
+        # "" (none), "plain:<secret>" or "fernet:<token>" (see notify/secrets.py).
+        secret = pw.TextField(default="")
+        products = pw.TextField(default="[]")
+        environments = pw.TextField(default="[]")
+        environment_types = pw.TextField(default="[]")
+        event_types = pw.TextField(default="[]")
+        enabled = pw.BooleanField(default=True)
+        create_time = pw.BigIntegerField()
+        update_time = pw.BigIntegerField()
+
+    class NotificationCursor(Base):
+        """Per subscription: the revision handed to delivery, and who delivers (a lease)."""
+
+        subscription_id = pw.CharField(max_length=64, primary_key=True)
+        revision = pw.BigIntegerField()
+        lease_holder = pw.CharField(max_length=64, default="")
+        lease_until = pw.BigIntegerField(default=0)
+
+    class NotificationDelivery(Base):
+        """One event for one subscription; `seq` is the order they are sent in."""
+
+        seq = pw.AutoField()
+        id = pw.CharField(max_length=64, unique=True)
+        subscription_id = pw.CharField(max_length=64)
+        revision = pw.BigIntegerField()
+        event_type = pw.CharField(max_length=64)
+        body = pw.TextField()
+        state = pw.SmallIntegerField()
+        create_time = pw.BigIntegerField()
+        update_time = pw.BigIntegerField()
+        next_attempt_time = pw.BigIntegerField()
+        event_record_time = pw.BigIntegerField(default=0)
+        redelivery_of = pw.CharField(max_length=64, default="")
+
+        class Meta:
+            indexes = (
+                (("subscription_id", "state", "seq"), False),
+                (("subscription_id", "seq"), False),
+                (("state", "update_time"), False),
+            )
+
+    class NotificationAttempt(Base):
+        seq = pw.AutoField()
+        delivery_id = pw.CharField(max_length=64, index=True)
+        number = pw.IntegerField()
+        time = pw.BigIntegerField()
+        http_status = pw.IntegerField(default=0)
+        latency_us = pw.BigIntegerField(default=0)
+        error = pw.TextField(default="")
+        response_body = pw.TextField(default="")
+        result = pw.CharField(max_length=16)
+
     return Models(
         SchemaMigration,
         VersionBinding,
@@ -249,6 +322,10 @@ def define_models(database: pw.Database) -> Models:
         Approval,
         ApprovalDecision,
         AuditEntry,
+        NotificationSubscription,
+        NotificationCursor,
+        NotificationDelivery,
+        NotificationAttempt,
     )
 
 
@@ -284,12 +361,18 @@ def _v3_governance(models: Models) -> None:
     )
 
 
+def _v4_notifications(models: Models) -> None:
+    """Subscriptions, their cursors and leases, deliveries and attempts (DESIGN.md §7)."""
+    models.SchemaMigration._meta.database.create_tables(models.notification_tables(), safe=True)
+
+
 # Append only: a migration, once released, is never edited. v1 creates tables
 # from the current models, so later steps check before they alter.
 MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
     (1, _v1_initial),
     (2, _v2_recorded_by),
     (3, _v3_governance),
+    (4, _v4_notifications),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from versioner_grpc.governance.rules import ApprovalPolicy, RuleSet, Target, Ver
 from versioner_grpc.store import governance, reads
 from versioner_grpc.store.database import Database
 from versioner_grpc.store.governance import Gate
+from versioner_grpc.store.notifications import NotificationStore
 from versioner_grpc.store.notify import PostgresListener
 from versioner_grpc.store.reads import MetricRows
 from versioner_grpc.store.sql import Sql
@@ -64,6 +66,7 @@ class Store:
             project_metrics=project_metrics,
             gate=self.gate,
         )
+        self.notifications = NotificationStore(self)
 
     def open(self) -> list[int]:
         """Migrate the schema and start the writer; return the migrations applied."""
@@ -76,8 +79,18 @@ class Store:
         for listener in self._listeners:
             listener.stop()
         self.writer.stop()
+        self.notifications.close()
         self._readers.submit(self.database.close).result()
         self._readers.shutdown(wait=True)
+
+    def writes_waiting(self, recent: float = 0.005) -> bool:
+        """RecordEvents are queued, or an event batch committed in the last `recent` s.
+
+        Background work steps aside while this holds. Under a closed-loop load the
+        queue is often empty for an instant (the writer just took everything), so
+        a batch that has just committed counts too: more are about to come.
+        """
+        return self.writer.waiting() > 0 or time.monotonic() - self.writer.last_batch_end < recent
 
     # News of writes ----------------------------------------------------------
 

@@ -14,8 +14,10 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable, VersionerError
@@ -27,12 +29,22 @@ from versioner_grpc.store.notify import CHANNEL
 from versioner_grpc.store.reads import head_revision
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
 class _Request:
     event: EventInput
     future: asyncio.Future[RecordResult]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _Job:
+    """Other writes (notifications) that must not fight the writer for SQLite's lock."""
+
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
 
@@ -52,12 +64,32 @@ class Writer:
         self.project_metrics = project_metrics
         self.on_commit = on_commit
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Request | _Job | None] = queue.SimpleQueue()
+        # Each counter has one writing thread (no lost updates): queued by the
+        # callers' loop, taken by the writer.
+        self._events_queued = 0
+        self._events_taken = 0
+        self.last_batch_end = 0.0  # time.monotonic() when the last event batch committed
         self._thread = threading.Thread(target=self._run, name="versioner-writer", daemon=True)
         self.batches = 0  # for tests and benchmarks: how much grouping happened
 
     def start(self) -> None:
         self._thread.start()
+
+    def waiting(self) -> int:
+        """Events queued, not yet taken into a batch (approximate)."""
+        return self._events_queued - self._events_taken
+
+    async def run_job(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the writer thread, in a write transaction of its own, between batches.
+
+        On SQLite a second writing thread would wait for the file lock in the
+        busy handler's sleeps (milliseconds each); here it simply takes turns.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await asyncio.shield(future)
 
     def stop(self) -> None:
         """Finish what is queued, then stop."""
@@ -68,6 +100,7 @@ class Writer:
         """Apply one event; returns once it is committed (or raises its error)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RecordResult] = loop.create_future()
+        self._events_queued += 1
         self._queue.put(_Request(event, future, loop))
         return await asyncio.shield(future)
 
@@ -77,8 +110,8 @@ class Writer:
             item = self._queue.get()
             if item is None:
                 break
-            batch = [item]
-            while len(batch) < self.max_batch:
+            items = [item]
+            while len(items) < self.max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -86,9 +119,30 @@ class Writer:
                 if nxt is None:
                     stopping = True
                     break
-                batch.append(nxt)
-            self._commit(batch)
+                items.append(nxt)
+            batch = [i for i in items if isinstance(i, _Request)]
+            self._events_taken += len(batch)
+            if batch:
+                self._commit(batch)  # events first: ingestion has priority
+                self.last_batch_end = time.monotonic()
+            for job in items:
+                if isinstance(job, _Job):
+                    self._run_job(job)
         self.database.close()
+
+    def _run_job(self, job: _Job) -> None:
+        db = self.database
+
+        def transaction() -> Any:
+            with db.write_transaction():
+                return job.fn()
+
+        outcome: Any
+        try:
+            outcome = db.call(transaction)
+        except Exception as exc:
+            outcome = _Failed(exc)
+        job.loop.call_soon_threadsafe(_settle_job, job.future, outcome)
 
     def _commit(self, batch: list[_Request]) -> None:
         """Apply a batch in one transaction; answer every request after the commit.
@@ -151,6 +205,20 @@ class Writer:
                 self.on_commit(stored)
             except Exception:
                 log.exception("publishing committed events failed")
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def _settle_job(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.cancelled():
+        return
+    if isinstance(outcome, _Failed):
+        future.set_exception(outcome.error)
+    else:
+        future.set_result(outcome)
 
 
 def _settle(future: asyncio.Future[RecordResult], outcome: RecordResult | BaseException) -> None:

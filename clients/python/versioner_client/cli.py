@@ -7,6 +7,7 @@
     versioner watch   [--product P] [--env E] [--after-revision N]
     versioner approvals request|approve|reject|list|show, check, audit (governance;
               see versioner_client/approvals_cli.py)
+    versioner notify  add|list|update|rm|deliveries|redeliver|test
 
 Settings come from, in order: command-line flags, VERSIONER_* environment
 variables (VERSIONER_ADDRESS, VERSIONER_TOKEN, VERSIONER_TLS, VERSIONER_CA_CERT,
@@ -41,7 +42,7 @@ from typing import Any, NoReturn, cast
 
 from versioner.v1 import deployment_service_pb2 as pb
 
-from versioner_client import approvals_cli
+from versioner_client import approvals_cli, notify_cli
 from versioner_client.approvals_cli import DEFAULT_WAIT, parse_wait
 from versioner_client.ci import resolve_origin
 from versioner_client.client import DEFAULT_ADDRESS
@@ -478,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals_cli.add_parsers(sub, [connection], EPILOG)
     for add_parsers in command_groups():
         add_parsers(subparsers)
+    notify_cli.add_parsers(sub, [connection])
     return parser
 
 

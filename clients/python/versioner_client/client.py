@@ -35,6 +35,7 @@ from versioner.v1 import governance_service_pb2 as gpb
 from versioner.v1 import governance_service_pb2_grpc as gpb_grpc
 
 from versioner_client.errors import Unavailable, VersionerError, from_rpc_error
+from versioner_client.notifications import NotificationClient
 from versioner_client.statuses import parse_status
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -146,6 +147,11 @@ class VersionerClient:
     def close(self) -> None:
         """Close the channel; open watch streams end."""
         self._channel.close()
+
+    @property
+    def notifications(self) -> NotificationClient:
+        """NotificationService calls over this connection (subscriptions, deliveries)."""
+        return NotificationClient(self._channel, self._unary)
 
     def _unary(self, method: Callable[..., T], request: Message) -> T:
         """Call ``method``, retrying connection failures with backoff; map errors."""

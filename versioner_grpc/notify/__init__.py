@@ -1,0 +1,1 @@
+"""Notifications: delivering deployment events to webhooks and Slack (DESIGN.md §7)."""
