@@ -36,7 +36,8 @@ from versioner_grpc.domain.notifications import (
 from versioner_grpc.store import reads
 
 if TYPE_CHECKING:
-    from versioner_grpc.store.store import Store
+    from versioner_grpc.store.database import Database
+    from versioner_grpc.store.writer import Writer
 
 T = TypeVar("T")
 # An attempt to log: (delivery id, attempt, the delivery's new state, next attempt time).
@@ -108,17 +109,17 @@ def _delivery(row: Any, attempts: Sequence[Any] = ()) -> Delivery:
 class NotificationStore:
     """The notification questions and changes, as async methods."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.database = store.database
+    def __init__(self, database: Database, writer: Writer) -> None:
+        self._writer = writer
+        self.database = database
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="versioner-notify")
         # The models' columns are dynamic attributes: typed as Any on purpose.
-        self.m: Any = store.database.models
+        self.m: Any = database.models
 
     async def _run(self, fn: Callable[[], T], *, write: bool = True) -> T:
         """Writes on the writer thread (between event batches), reads on our own thread."""
         if write:
-            return await self._store.writer.run_job(fn)
+            return await self._writer.run_job(fn)
         db = self.database
 
         def transaction() -> T:

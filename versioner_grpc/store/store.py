@@ -66,7 +66,7 @@ class Store:
             project_metrics=project_metrics,
             gate=self.gate,
         )
-        self.notifications = NotificationStore(self)
+        self.notifications = NotificationStore(self.database, self.writer)
 
     def open(self) -> list[int]:
         """Migrate the schema and start the writer; return the migrations applied."""
