@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from versioner_grpc.auth import TokenFile, principal_name
 from versioner_grpc.domain.errors import VersionerError, invalid
+from versioner_grpc.domain.validation import MAX_METADATA_DEPTH
 from versioner_grpc.errors_grpc import to_status
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics, go_code
@@ -185,6 +186,11 @@ def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
         try:
             return deserialize(raw)
         except DecodeError as exc:
+            if "MaxDepth" in str(exc):  # protobuf's nesting limit, hit by deep extra_metadata
+                raise invalid(
+                    "extra_metadata",
+                    f"must nest at most {MAX_METADATA_DEPTH} levels of objects and lists",
+                ) from exc
             raise invalid("request", f"is not a valid message: {exc}") from exc
 
     return parse

@@ -25,6 +25,10 @@ MAX_SHA = 64
 MAX_URL = 2048
 MAX_ID = 128  # event_id, deployment_id
 MAX_METADATA_BYTES = 64 * 1024
+# Objects and lists nested in extra_metadata, the top-level object counting as 1.
+# Protobuf itself refuses to parse a Struct much deeper (its 100-message limit).
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_KEYS = 1000  # keys at every level together
 FUTURE_TOLERANCE_US = 5 * 60 * 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 _SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
@@ -63,6 +67,22 @@ def _identifier(v: _Violations, field: str, raw: str) -> str:
     if value and (len(value) > MAX_ID or not _ID.match(value)):
         v.add(field, f"must be at most {MAX_ID} characters of A-Z a-z 0-9 . _ : / @ + = -")
     return value
+
+
+def metadata_shape(metadata: dict[str, Any]) -> tuple[int, int]:
+    """(nesting depth, total keys) of a JSON-like value, without recursion."""
+    depth = keys = 0
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            depth = max(depth, level)
+            keys += len(value)
+            stack.extend((child, level + 1) for child in value.values())
+        elif isinstance(value, list):
+            depth = max(depth, level)
+            stack.extend((child, level + 1) for child in value)
+    return depth, keys
 
 
 def validate_event(
@@ -105,6 +125,15 @@ def validate_event(
             v.add("build_url", f"must be at most {MAX_URL} characters, no control characters")
     if metadata_bytes > MAX_METADATA_BYTES:
         v.add("extra_metadata", f"must be at most {MAX_METADATA_BYTES} bytes serialized")
+    elif metadata:
+        depth, keys = metadata_shape(metadata)
+        if depth > MAX_METADATA_DEPTH:
+            v.add(
+                "extra_metadata",
+                f"must nest at most {MAX_METADATA_DEPTH} levels of objects and lists (got {depth})",
+            )
+        if keys > MAX_METADATA_KEYS:
+            v.add("extra_metadata", f"must have at most {MAX_METADATA_KEYS} keys (got {keys})")
     if event_time is not None:
         if event_time > now + FUTURE_TOLERANCE_US:
             v.add("event_time", "must not be more than 5 minutes in the future")
