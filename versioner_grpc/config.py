@@ -35,6 +35,8 @@ class Config:
     max_metadata_bytes: int = 16 * 1024
     keepalive_seconds: float = 60.0
     skip_metric_projection: bool = False
+    # Reliability: how long any database call may take before it fails as UNAVAILABLE.
+    database_timeout: float = 5.0
 
 
 HELP = {
@@ -68,6 +70,9 @@ HELP = {
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",
+    # Reliability
+    "database_timeout": "seconds any database call may take (connect, statement, write "
+    "batch); then it fails with UNAVAILABLE and health turns NOT_SERVING (0: no limit)",
 }
 
 

@@ -60,7 +60,7 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             scm_commit_time=convert.optional_us(request, "scm_commit_time"),
             recorded_by=principal_name.get(),
         )
-        result = await self.store.record(event)
+        result = await self.store.record(event, context.time_remaining())
         return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)
 
     async def GetCurrent(

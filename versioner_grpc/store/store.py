@@ -29,8 +29,9 @@ class Store:
         sqlite_synchronous: str = "NORMAL",
         readers: int = 2,
         project_metrics: bool = True,
+        timeout: float = 5.0,
     ) -> None:
-        self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
+        self.database = Database(url, sqlite_synchronous=sqlite_synchronous, timeout=timeout)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
         self.cache = RevisionCache()
@@ -49,6 +50,7 @@ class Store:
         self.writer.stop()
         self._readers.submit(self.database.close).result()
         self._readers.shutdown(wait=True)
+        self.database.shutdown()
 
     def subscribe(self, callback: Callable[[list[StoredEvent]], None]) -> None:
         """Call `callback` (on the writer thread) with each batch of committed events."""
@@ -58,8 +60,9 @@ class Store:
         for callback in self._subscribers:
             callback(events)
 
-    async def record(self, event: EventInput) -> RecordResult:
-        return await self.writer.record(event)
+    async def record(self, event: EventInput, timeout: float | None = None) -> RecordResult:
+        """Apply one event; `timeout` is how long its caller waits (None: forever)."""
+        return await self.writer.record(event, timeout)
 
     async def read(self, question: Callable[[Sql], T]) -> T:
         """Answer `question` on a reader thread, inside one consistent snapshot."""
@@ -133,8 +136,22 @@ class Store:
                 return deleted
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.database.call, run)
+        # Deleting a long history may take a while: a generous bound, not the default.
+        limit = max(60.0, self.database.timeout * 12) if self.database.timeout > 0 else 0
+        return await loop.run_in_executor(
+            self._readers, lambda: self.database.call(run, timeout=limit)
+        )
 
     async def ping(self) -> bool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self.database.ping)
+
+    async def probe_write(self) -> bool:
+        """Whether a write succeeds now (clears the not-writable state when it does)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.database.probe_write)
+
+    @property
+    def write_problem(self) -> str:
+        """Why writes fail ('disk full', 'database is read-only'); empty when they work."""
+        return self.database.write_problem
