@@ -29,6 +29,7 @@ T = TypeVar("T")
 APPEND_LOCK_KEY = 0x76657273  # "vers"
 MIGRATE_LOCK_KEY = 0x76657274
 WATCHDOG_PERIOD = 0.1  # seconds between checks for calls past their deadline
+MIN_FREE_BYTES = 256 * 1024  # SQLite is writable again with this much room for a batch
 CONNECTION_ERRORS = (pw.OperationalError, pw.InterfaceError)
 # What the database says when it cannot store anything, and what we call it.
 # The driver's own words stay in the message; the first name found wins.
@@ -233,7 +234,15 @@ class Database:
         )
 
     def probe_write(self) -> bool:
-        """Try a write that changes nothing but needs space: is the store writable again?"""
+        """Is the store writable again? A write that changes nothing must succeed, and
+        for SQLite the filesystem must have room for a batch: a tiny write may fit in
+        space the WAL already holds while every real event still fails."""
+        if not self.is_postgres:
+            directory = os.path.dirname(os.path.abspath(self.db.database))
+            with contextlib.suppress(OSError):
+                stat = os.statvfs(directory)
+                if stat.f_bavail * stat.f_frsize < MIN_FREE_BYTES:
+                    return False
 
         def run() -> None:
             with self.write_transaction():
