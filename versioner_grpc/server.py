@@ -208,12 +208,12 @@ class Server:
         answer within --database-timeout, or refuses writes (disk full, read-only)."""
         healthy = True
         limit = self.config.database_timeout or None
-        check: asyncio.Task[bool] | None = None
+        check: asyncio.Future[bool] | None = None
         while True:
             await asyncio.sleep(self.config.health_interval)
             if check is None:  # one check at a time: a hung one is not piled onto
                 probe = self.store.probe_write if self.store.write_problem else self.store.ping
-                check = asyncio.ensure_future(probe())
+                check = probe()
             done, _ = await asyncio.wait({check}, timeout=limit)
             if check in done:
                 ok = not check.cancelled() and check.exception() is None and check.result()

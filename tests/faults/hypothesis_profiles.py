@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {
-    "deadline": None,  # real RPCs on a shared machine: no per-example time limit
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-    "print_blob": True,
-}
-settings.register_profile("ci", max_examples=40, **_COMMON)
-settings.register_profile("long", max_examples=2000, **_COMMON)
+_SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
+# Real RPCs on a shared machine: no per-example time limit (deadline=None).
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=_SLOW, print_blob=True
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=_SLOW, print_blob=True
+)
 settings.load_profile("ci")

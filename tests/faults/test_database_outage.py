@@ -8,6 +8,7 @@ import contextlib
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -33,17 +34,26 @@ class WriteLock:
     """Another client holding the database's write lock (the append lock on PostgreSQL)."""
 
     def __init__(self, url: str) -> None:
+        self.sqlite: sqlite3.Connection | None
+        self.postgres: Any
         if url.startswith("sqlite"):
-            self.conn = sqlite3.connect(urlsplit(url).path[1:], isolation_level=None)
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.release = lambda: (self.conn.execute("COMMIT"), self.conn.close())
+            self.sqlite = sqlite3.connect(urlsplit(url).path[1:], isolation_level=None)
+            self.sqlite.execute("BEGIN IMMEDIATE")
+            self.postgres = None
         else:
             import psycopg2
 
-            conn = psycopg2.connect(url)
-            conn.autocommit = True
-            conn.cursor().execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK_KEY,))
-            self.release = conn.close
+            self.sqlite = None
+            self.postgres = psycopg2.connect(url)
+            self.postgres.autocommit = True
+            self.postgres.cursor().execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK_KEY,))
+
+    def release(self) -> None:
+        if self.sqlite is not None:
+            self.sqlite.execute("COMMIT")
+            self.sqlite.close()
+        if self.postgres is not None:
+            self.postgres.close()
 
 
 def test_a_write_blocked_by_a_lock_fails_unavailable_before_the_callers_deadline(config):
@@ -145,6 +155,25 @@ def test_postgresql_stop_and_start_turns_health_and_watchers_miss_nothing(config
         wait_until(got_two.is_set, what="the watcher to see the event after the restart")
         assert seen == ["1", "3"]
         stream.cancel()
+    finally:
+        running.stop()
+        proxy.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_slow_postgresql_that_answers_within_the_timeout_keeps_working(config):
+    """Slow is not hung: every call still succeeds, health stays SERVING."""
+    proxy, url = proxied(config.database_url)
+    running = start_server(config, database_url=url, database_timeout=5.0)
+    try:
+        stub = running.stub
+        stub.RecordEvent(event("1"), timeout=30)
+        proxy.slow(0.02)  # each chunk, each way
+        for version in ("2", "3", "4"):
+            assert not stub.RecordEvent(event(version), timeout=60).duplicate
+        assert versions(stub) == ["1", "2", "3", "4"]
+        assert health(running.channel) == SERVING
+        proxy.slow(0)
     finally:
         running.stop()
         proxy.stop()

@@ -57,7 +57,7 @@ IDS = [f"{m.containing_service.name}.{m.name}" for m in METHODS]
 # Values ------------------------------------------------------------------------
 
 _WORDS = ["", "api", "web", "prod", "production", "staging", "1.0", "2.0", " api ", "dev-1"]
-_TEXT = st.characters(blacklist_categories=("Cs",))  # protobuf strings are valid UTF-8
+_TEXT = st.characters(exclude_categories=["Cs"])  # protobuf strings are valid UTF-8
 TEXT = st.one_of(
     st.sampled_from(_WORDS),
     st.text(_TEXT, max_size=20),
@@ -138,8 +138,10 @@ def _scalar(field: descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[
     if kind == F.TYPE_BYTES:
         return st.binary(max_size=64)
     if kind == F.TYPE_ENUM:
+        assert field.enum_type is not None
         values = [v.number for v in field.enum_type.values]
         return st.one_of(st.sampled_from(values), _integers(-(2**31), 2**31 - 1))
+    assert field.message_type is not None
     return message_values(field.message_type, depth + 1)
 
 
