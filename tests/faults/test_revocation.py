@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import signal
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from versioner.v1 import deployment_service_pb2 as pb
 
 from tests.conftest import start_server
+from tests.processes import ServerProcess
 
 READ, WRITE = "deployments:read", "deployments:write"
 COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
@@ -103,3 +105,36 @@ def test_reload_ends_streams_of_revoked_tokens_and_keeps_the_others(config, toke
         kept.cancel()
     finally:
         running.stop()
+
+
+def test_sighup_ends_a_watch_opened_by_a_token_removed_from_the_file(database_url, tokens):
+    """The same through the real signal, on a server process."""
+    path, names = tokens
+    server = ServerProcess(
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        "--database-url",
+        database_url,
+        "--auth-file",
+        str(path),
+        "--progress-interval",
+        "0.5",
+    )
+    try:
+        stub = server.stub
+        record(stub, names["writer"], "1")
+        stream = stub.WatchDeployments(
+            pb.WatchDeploymentsRequest(after_revision=0),
+            metadata=bearer(names["leaked"]),
+            timeout=30,
+        )
+        assert first_event(stream).event.deployment.version == "1"
+        write_auth_file(path, {"writer": (names["writer"], [WRITE])})
+        server.proc.send_signal(signal.SIGHUP)
+        got, _ = ending(stream)
+        assert got == grpc.StatusCode.UNAUTHENTICATED, got
+        assert server.proc.poll() is None, "SIGHUP must not stop the server"
+    finally:
+        assert server.stop() == 0
