@@ -144,7 +144,10 @@ class Database:
             if operation is not None:
                 operation.conn = self.db.connection()
                 self._watch(operation)
-            return fn()
+            result = fn()
+            if operation is not None and operation.timed_out:
+                self.reset_connection()  # answered as it was interrupted: drop the socket
+            return result
         except (*CONNECTION_ERRORS, pw.InternalError) as exc:
             timed_out = operation is not None and operation.timed_out
             problem = write_problem(exc)

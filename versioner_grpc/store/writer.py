@@ -110,7 +110,8 @@ class Writer:
         for request in late:
             gone = Unavailable("the call's deadline passed before its write began; not applied")
             request.loop.call_soon_threadsafe(_settle, request.future, gone)
-        return [r for r in batch if r not in late]
+        gone_ids = {id(r) for r in late}
+        return [r for r in batch if id(r) not in gone_ids]
 
     def _commit(self, batch: list[_Request]) -> None:
         """Apply a batch in one transaction; answer every request after the commit.
