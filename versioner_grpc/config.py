@@ -41,6 +41,8 @@ class Config:
     approval_sweep_interval: float = 10.0
     # HTTP/JSON API (DESIGN.md section 8)
     http_listen: str = "127.0.0.1:8080"
+    # Reliability: how long any database call may take before it fails as UNAVAILABLE.
+    database_timeout: float = 5.0
 
 
 HELP = {
@@ -81,6 +83,9 @@ HELP = {
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",
+    # Reliability
+    "database_timeout": "seconds any database call may take (connect, statement, write "
+    "batch); then it fails with UNAVAILABLE and health turns NOT_SERVING (0: no limit)",
 }
 
 

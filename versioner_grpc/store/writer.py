@@ -14,13 +14,14 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
-from versioner_grpc.store.database import Database
+from versioner_grpc.store.database import Database, write_problem
 from versioner_grpc.store.events import apply_event
 from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notify import CHANNEL
@@ -34,6 +35,7 @@ class _Request:
     event: EventInput
     future: asyncio.Future[RecordResult]
     loop: asyncio.AbstractEventLoop
+    deadline: float | None = None  # time.monotonic() after which the caller has given up
 
 
 class Writer:
@@ -55,6 +57,7 @@ class Writer:
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="versioner-writer", daemon=True)
         self.batches = 0  # for tests and benchmarks: how much grouping happened
+        self.applying = 0  # events in the batch being applied now (0: idle)
 
     def start(self) -> None:
         self._thread.start()
@@ -64,11 +67,16 @@ class Writer:
         self._queue.put(None)
         self._thread.join()
 
-    async def record(self, event: EventInput) -> RecordResult:
-        """Apply one event; returns once it is committed (or raises its error)."""
+    async def record(self, event: EventInput, timeout: float | None = None) -> RecordResult:
+        """Apply one event; returns once it is committed (or raises its error).
+
+        `timeout`: seconds the caller will wait (its gRPC deadline). An event
+        whose caller has given up before its batch starts is not applied.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RecordResult] = loop.create_future()
-        self._queue.put(_Request(event, future, loop))
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        self._queue.put(_Request(event, future, loop, deadline))
         return await asyncio.shield(future)
 
     def _run(self) -> None:
@@ -87,8 +95,25 @@ class Writer:
                     stopping = True
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            live = self._live(batch)
+            self.applying = len(live)
+            try:
+                self._commit(live)
+            finally:
+                self.applying = 0
         self.database.close()
+
+    def _live(self, batch: list[_Request]) -> list[_Request]:
+        """The requests whose callers still wait; the others are answered, not applied."""
+        now = time.monotonic()
+        late = [r for r in batch if r.deadline is not None and r.deadline <= now]
+        if not late:
+            return batch
+        for request in late:
+            gone = Unavailable("the call's deadline passed before its write began; not applied")
+            request.loop.call_soon_threadsafe(_settle, request.future, gone)
+        gone_ids = {id(r) for r in late}
+        return [r for r in batch if id(r) not in gone_ids]
 
     def _commit(self, batch: list[_Request]) -> None:
         """Apply a batch in one transaction; answer every request after the commit.
@@ -99,6 +124,8 @@ class Writer:
         (a bug) rolls the whole batch back, and then each event is retried alone
         so that only the faulty one fails.
         """
+        if not batch:
+            return
         outcomes: list[RecordResult | BaseException] = []
         stored: list[StoredEvent] = []
         db = self.database
@@ -133,9 +160,13 @@ class Writer:
         try:
             db.call(transaction)
             self.batches += 1
+            db.writes_succeeded()
         except Unavailable as exc:
             outcomes = [exc] * len(batch)
             stored = []
+            problem = write_problem(exc)
+            if problem:
+                db.writes_failed(problem)
         except Exception as exc:  # a bug, not the client's doing: INTERNAL
             if len(batch) > 1:
                 for request in batch:
@@ -154,7 +185,7 @@ class Writer:
 
 
 def _settle(future: asyncio.Future[RecordResult], outcome: RecordResult | BaseException) -> None:
-    if future.cancelled():
+    if future.done():
         return
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
