@@ -148,3 +148,7 @@ def stub(server: RunningServer) -> pb_grpc.DeploymentServiceStub:
 def start_server(config: Config, **changes) -> RunningServer:
     """Start another server (e.g. a second replica, or a restart) with some settings changed."""
     return RunningServer(replace(config, **changes))
+
+
+# Property-based fuzzing (tests/faults/test_fuzz.py): profiles `ci` and `long`.
+import tests.faults.hypothesis_profiles  # noqa: E402, F401

@@ -31,6 +31,7 @@ from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
 from tests.conftest import TEST_ENV
+from tests.faults.proxy import FaultProxy as TcpProxy
 
 POSTGRES_URL = os.environ.get("VERSIONER_TEST_POSTGRES_URL", "")
 SERVICE = "versioner.v1.DeploymentService"
@@ -403,71 +404,6 @@ def test_one_json_log_line_per_call_with_method_code_and_duration(running):
 
 
 # --------------------------------------------------------------------------- PostgreSQL outage
-
-
-class TcpProxy:
-    """A TCP relay in threads; stop() closes the listener and every connection."""
-
-    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
-        self.upstream = upstream
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", port))
-        self.listener.listen(64)
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            server.settimeout(None)
-            with self.lock:
-                if self.stopped.is_set():
-                    client.close()
-                    server.close()
-                    return
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.listener.close()
-        self.thread.join(5)
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
 
 
 @pytest.fixture

@@ -20,12 +20,13 @@ import hmac
 import os
 import re
 import secrets
+import threading
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from versioner_grpc.domain.errors import PermissionDenied, Unauthenticated
+from versioner_grpc.domain.errors import PermissionDenied, Unauthenticated, VersionerError
 
 READ = "deployments:read"
 WRITE = "deployments:write"
@@ -84,21 +85,71 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+@dataclass(eq=False)
+class OpenStream:
+    """A streaming call admitted with a token: re-checked whenever the tokens change."""
+
+    method: str
+    digest: bytes
+    end: Callable[[VersionerError], None]
+
+
 class TokenFile:
-    """The tokens of an auth file; `reload()` re-reads it."""
+    """The tokens of an auth file; `reload()` re-reads it and ends revoked streams."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.tokens: tuple[Token, ...] = ()
+        self._streams: set[OpenStream] = set()
+        self._lock = threading.Lock()
         self.reload()
 
     def reload(self) -> int:
-        """Re-read the file; on error keep the old tokens and raise. Returns the count."""
+        """Re-read the file; on error keep the old tokens and raise. Returns the count.
+
+        Every open stream whose token is gone, or no longer has the scope its
+        method needs, is ended (UNAUTHENTICATED / PERMISSION_DENIED): revoking a
+        token must not leave a stream it opened delivering.
+        """
         self.tokens = tuple(load_tokens(self.path))
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            try:
+                self._check(stream.method, stream.digest)
+            except (Unauthenticated, PermissionDenied) as exc:
+                self.release(stream)
+                stream.end(exc)
         return len(self.tokens)
 
+    def hold(
+        self,
+        method: str,
+        metadata: Iterable[tuple[str, str | bytes]],
+        end: Callable[[VersionerError], None],
+    ) -> OpenStream | None:
+        """Track an admitted stream until `release`; `end(error)` is called on revocation."""
+        presented = bearer(metadata)
+        if method not in REQUIRED_SCOPE or presented is None:
+            return None
+        stream = OpenStream(method, hash_token(presented), end)
+        with self._lock:
+            self._streams.add(stream)
+        return stream
+
+    def release(self, stream: OpenStream | None) -> None:
+        if stream is not None:
+            with self._lock:
+                self._streams.discard(stream)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
     def authenticate(self, presented: str) -> Token | None:
-        digest = hash_token(presented)
+        return self._find(hash_token(presented))
+
+    def _find(self, digest: bytes) -> Token | None:
         found = None
         for token in self.tokens:  # no early exit: every comparison costs the same
             if hmac.compare_digest(token.sha256, digest):
@@ -113,10 +164,14 @@ class TokenFile:
         presented = bearer(metadata)
         if presented is None:
             raise Unauthenticated("missing bearer token: send 'authorization: Bearer <token>'")
-        token = self.authenticate(presented)
+        return self._check(method, hash_token(presented))
+
+    def _check(self, method: str, digest: bytes) -> str:
+        token = self._find(digest)
         if token is None:
             raise Unauthenticated("unknown or revoked token")
-        if scope not in token.scopes:
+        scope = REQUIRED_SCOPE.get(method, "")
+        if scope and scope not in token.scopes:
             raise PermissionDenied(f"token {token.name!r} lacks the {scope} scope")
         principal_scopes.set(token.scopes)
         return token.name

@@ -50,6 +50,8 @@ class Config:
     notification_retry_cap: float = 300.0
     notification_retry_window: float = 86_400.0
     notification_lease_seconds: float = 15.0
+    # Reliability: how long any database call may take before it fails as UNAVAILABLE.
+    database_timeout: float = 5.0
 
 
 HELP = {
@@ -102,6 +104,9 @@ HELP = {
     "notification_retry_window": "seconds after which a delivery still failing is given up",
     "notification_lease_seconds": "a replica's hold on a subscription expires this long after "
     "its last renewal (renewed every third of it); another replica then takes over",
+    # Reliability
+    "database_timeout": "seconds any database call may take (connect, statement, write "
+    "batch); then it fails with UNAVAILABLE and health turns NOT_SERVING (0: no limit)",
 }
 
 

@@ -8,9 +8,10 @@ no internals in the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -18,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from versioner_grpc.auth import TokenFile, principal_name
 from versioner_grpc.domain.errors import VersionerError, invalid
+from versioner_grpc.domain.validation import MAX_METADATA_DEPTH
 from versioner_grpc.errors_grpc import to_status
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.grpc_metrics import GrpcMetrics, go_code
@@ -98,6 +100,36 @@ class _Call:
         )
 
 
+class _Held:
+    """A stream's claim on its token: revocation ends the stream with that error.
+
+    A stream waiting in its handler (a watcher waiting for events) is cancelled
+    there, and the interceptor ends the call with the revocation's status
+    instead of CANCELLED; one busy sending sees the error when it resumes.
+    """
+
+    def __init__(self, tokens: TokenFile, method: str, context: Context) -> None:
+        self.tokens = tokens
+        self.ended: VersionerError | None = None
+        self.waiting = False  # inside the handler: safe to cancel there
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._stream = tokens.hold(method, context.invocation_metadata() or (), self._end)
+
+    def _end(self, error: VersionerError) -> None:
+        def cancel() -> None:
+            if self.ended is not None:
+                return
+            self.ended = error  # raised when the stream next resumes
+            if self.waiting and self._task is not None:
+                self._task.cancel()
+
+        self._loop.call_soon_threadsafe(cancel)
+
+    def release(self) -> None:
+        self.tokens.release(self._stream)
+
+
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler; see the module docstring."""
 
@@ -112,6 +144,12 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         call.principal = self.tokens.authorize(call.method, context.invocation_metadata() or ())
         principal_name.set(call.principal)
 
+    def _hold(self, method: str, context: Context) -> _Held | None:
+        """Track an authorized stream so that revoking its token ends it."""
+        if self.tokens is None:
+            return None
+        return _Held(self.tokens, method, context)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -120,7 +158,12 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method, metrics, authorize = details.method, self.metrics, self._authorize
+        method, metrics, authorize, hold = (
+            details.method,
+            self.metrics,
+            self._authorize,
+            self._hold,
+        )
         # Requests are parsed inside the wrapper, so bytes that are not a valid
         # message become INVALID_ARGUMENT rather than gRPC's UNKNOWN.
         parse = _parser(handler.request_deserializer)
@@ -160,15 +203,40 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
                 if streaming:
                     call.received()
+                held = None
+                responses: AsyncGenerator[Any, None] | None = None
                 try:
                     authorize(call, context)
+                    held = hold(method, context)
                     arg = parse(request) if streaming else counted()
-                    async for response in _responses(inner_stream(arg, context)):
+                    responses = _responses(inner_stream(arg, context))
+                    while True:
+                        if held is not None:
+                            held.waiting = True
+                        try:
+                            response = await responses.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            if held is not None:
+                                held.waiting = False
+                        if held is not None and held.ended is not None:
+                            raise held.ended
                         call.sent()
                         yield response
+                        if held is not None and held.ended is not None:
+                            raise held.ended
                 except BaseException as exc:
-                    await call.fail(exc, context)
+                    ended = held.ended if held is not None else None
+                    await call.fail(ended if ended is not None else exc, context)
                 finally:
+                    if held is not None:
+                        held.release()
+                    if responses is not None:
+                        # Close the handler now (a watcher leaves the hub at once),
+                        # not whenever the garbage collector gets to it.
+                        with contextlib.suppress(Exception):
+                            await responses.aclose()
                     call.finish(context)
 
             if streaming:
@@ -185,12 +253,17 @@ def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
         try:
             return deserialize(raw)
         except DecodeError as exc:
+            if "MaxDepth" in str(exc):  # protobuf's nesting limit, hit by deep extra_metadata
+                raise invalid(
+                    "extra_metadata",
+                    f"must nest at most {MAX_METADATA_DEPTH} levels of objects and lists",
+                ) from exc
             raise invalid("request", f"is not a valid message: {exc}") from exc
 
     return parse
 
 
-async def _responses(result: Any) -> AsyncIterator[Any]:
+async def _responses(result: Any) -> AsyncGenerator[Any, None]:
     """Iterate a handler's responses, whether it is an async generator or a coroutine."""
     if hasattr(result, "__aiter__"):
         async for item in result:

@@ -134,6 +134,7 @@ class Server:
             sqlite_synchronous=config.sqlite_synchronous,
             readers=config.read_threads,
             project_metrics=not config.skip_metric_projection,
+            timeout=config.database_timeout,
         )
         # go-grpc-prometheus has no *_created series.
         # prometheus_client leaves this function unannotated:
@@ -338,17 +339,29 @@ class Server:
             await self.health.set(name, status)
 
     async def _watch_database(self) -> None:
-        """Health follows the database: NOT_SERVING while it is unreachable."""
+        """Health follows the database: NOT_SERVING while it is unreachable, does not
+        answer within --database-timeout, or refuses writes (disk full, read-only)."""
         healthy = True
+        limit = self.config.database_timeout or None
+        check: asyncio.Future[bool] | None = None
         while True:
             await asyncio.sleep(self.config.health_interval)
-            ok = await self.store.ping()
+            if check is None:  # one check at a time: a hung one is not piled onto
+                probe = self.store.probe_write if self.store.write_problem else self.store.ping
+                check = probe()
+            done, _ = await asyncio.wait({check}, timeout=limit)
+            if check in done:
+                ok = not check.cancelled() and check.exception() is None and check.result()
+                check = None
+            else:
+                ok = False  # no answer within the limit: the store is hung
+            ok = ok and not self.store.write_problem
             if ok != healthy:
                 healthy = ok
                 await self._set_health(ok)
                 log.warning(
                     "database %s",
-                    "reachable" if ok else "unreachable",
+                    "healthy" if ok else f"unhealthy: {self.store.write_problem or 'unreachable'}",
                     extra=fields(event="database_health", serving=ok),
                 )
 

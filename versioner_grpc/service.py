@@ -77,7 +77,9 @@ class DeploymentService:
         )
         if event.override_reason and not has_scope(OVERRIDE):
             raise PermissionDenied(f"override_reason needs the {OVERRIDE} scope")
-        result = await self.store.record(event)
+        # The HTTP API calls without a gRPC context (and without a deadline).
+        remaining = context.time_remaining() if context is not None else None
+        result = await self.store.record(event, remaining)
         return pb.RecordEventResponse(event=convert.event(result.event), duplicate=result.duplicate)
 
     async def GetCurrent(

@@ -26,10 +26,11 @@ MAX_ID = 128  # event_id, deployment_id
 MAX_METADATA_BYTES = 64 * 1024
 MAX_REASON = 1000  # override_reason, approval reason and comments
 
-# Objects and lists nest at most this deep, extra_metadata itself included: every level is
-# three protobuf message levels, and a Deployment inside a watch message must stay
+# Objects and lists nest at most this deep, extra_metadata itself counting as 1: every level
+# is three protobuf message levels, and a Deployment inside a watch message must stay
 # well under protobuf's decoding limit of 100.
 MAX_METADATA_DEPTH = 16
+MAX_METADATA_KEYS = 1000  # keys at every level together
 FUTURE_TOLERANCE_US = 5 * 60 * 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 _SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
@@ -70,21 +71,27 @@ def _identifier(v: _Violations, field: str, raw: str) -> str:
     return value
 
 
+def metadata_shape(metadata: object) -> tuple[int, int]:
+    """(nesting depth, total keys) of a JSON-like value, without recursion."""
+    depth = keys = 0
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            depth = max(depth, level)
+            keys += len(value)
+            stack.extend((child, level + 1) for child in value.values())
+        elif isinstance(value, list):
+            depth = max(depth, level)
+            stack.extend((child, level + 1) for child in value)
+    return depth, keys
+
+
 def metadata_depth_violation(metadata: object) -> str | None:
     """Why `metadata` nests too deep, or None. Iterative: any depth is safe to check."""
-    stack: list[tuple[object, int]] = [(metadata, 0)]
-    while stack:
-        value, depth = stack.pop()
-        children: list[object] = []
-        if isinstance(value, dict):
-            children = list(value.values())
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        if depth >= MAX_METADATA_DEPTH:  # the extra_metadata object itself is level 1
-            return f"must nest objects and lists at most {MAX_METADATA_DEPTH} levels deep"
-        stack.extend((child, depth + 1) for child in children)
+    depth, _ = metadata_shape(metadata)
+    if depth > MAX_METADATA_DEPTH:
+        return f"must nest at most {MAX_METADATA_DEPTH} levels of objects and lists (got {depth})"
     return None
 
 
@@ -129,8 +136,15 @@ def validate_event(
             v.add("build_url", f"must be at most {MAX_URL} characters, no control characters")
     if metadata_bytes > MAX_METADATA_BYTES:
         v.add("extra_metadata", f"must be at most {MAX_METADATA_BYTES} bytes serialized")
-    elif metadata is not None and (too_deep := metadata_depth_violation(metadata)):
-        v.add("extra_metadata", too_deep)
+    elif metadata:
+        depth, keys = metadata_shape(metadata)
+        if depth > MAX_METADATA_DEPTH:
+            v.add(
+                "extra_metadata",
+                f"must nest at most {MAX_METADATA_DEPTH} levels of objects and lists (got {depth})",
+            )
+        if keys > MAX_METADATA_KEYS:
+            v.add("extra_metadata", f"must have at most {MAX_METADATA_KEYS} keys (got {keys})")
     if event_time is not None:
         if event_time > now + FUTURE_TOLERANCE_US:
             v.add("event_time", "must not be more than 5 minutes in the future")

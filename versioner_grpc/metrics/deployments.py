@@ -71,6 +71,13 @@ class DeploymentMetrics:
         lines: list[str] = []
         _header(lines, "versioner_store_up", "gauge", "1 when this scrape could read the database.")
         lines.append(f"versioner_store_up {up}")
+        _header(
+            lines,
+            "versioner_store_writable",
+            "gauge",
+            "0 while writes fail for lack of space or a read-only database, else 1.",
+        )
+        lines.append(f"versioner_store_writable {0 if self.store.write_problem else 1}")
         _header(lines, "versioner_build_info", "gauge", "Versioner server build: always 1.")
         lines.append(
             f'versioner_build_info{{python_version="{platform.python_version()}",'

@@ -49,8 +49,9 @@ class Store:
         sqlite_synchronous: str = "NORMAL",
         readers: int = 2,
         project_metrics: bool = True,
+        timeout: float = 5.0,
     ) -> None:
-        self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
+        self.database = Database(url, sqlite_synchronous=sqlite_synchronous, timeout=timeout)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
         self._listeners: list[PostgresListener] = []
@@ -82,6 +83,7 @@ class Store:
         self.notifications.close()
         self._readers.submit(self.database.close).result()
         self._readers.shutdown(wait=True)
+        self.database.shutdown()
 
     def writes_waiting(self, recent: float = 0.005) -> bool:
         """RecordEvents are queued, or an event batch committed in the last `recent` s.
@@ -117,8 +119,9 @@ class Store:
 
     # Writes ------------------------------------------------------------------
 
-    async def record(self, event: EventInput) -> RecordResult:
-        return await self.writer.record(event)
+    async def record(self, event: EventInput, timeout: float | None = None) -> RecordResult:
+        """Apply one event; `timeout` is how long its caller waits (None: forever)."""
+        return await self.writer.record(event, timeout)
 
     async def deployment(self, deployment_id: str) -> Deployment | None:
         """The deployment with this id, or None when there is none."""
@@ -143,7 +146,11 @@ class Store:
                 return deleted
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.database.call, run)
+        # Deleting a long history may take a while: a generous bound, not the default.
+        limit = max(60.0, self.database.timeout * 12) if self.database.timeout > 0 else 0
+        return await loop.run_in_executor(
+            self._readers, lambda: self.database.call(run, timeout=limit)
+        )
 
     # Reads -------------------------------------------------------------------
 
@@ -339,9 +346,20 @@ class Store:
         with self.database.db.connection_context():
             return self.database.call(lambda: governance.pending_summary(self.database.sql, now))
 
-    async def ping(self) -> bool:
+    def ping(self) -> asyncio.Future[bool]:
+        """Whether a trivial read succeeds: a future, so a health check spawns no task."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.database.ping)
+        return loop.run_in_executor(self._readers, self.database.ping)
+
+    def probe_write(self) -> asyncio.Future[bool]:
+        """Whether a write succeeds now (clears the not-writable state when it does)."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._readers, self.database.probe_write)
+
+    @property
+    def write_problem(self) -> str:
+        """Why writes fail ('disk full', 'database is read-only'); empty when they work."""
+        return self.database.write_problem
 
     async def _read(self, question: Callable[[Sql], T]) -> T:
         """Answer `question` on a reader thread, inside one consistent snapshot."""

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
-from versioner_grpc.store.database import Database
+from versioner_grpc.store.database import Database, write_problem
 from versioner_grpc.store.events import apply_event
 from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notify import CHANNEL
@@ -37,6 +37,7 @@ class _Request:
     event: EventInput
     future: asyncio.Future[RecordResult]
     loop: asyncio.AbstractEventLoop
+    deadline: float | None = None  # time.monotonic() after which the caller has given up
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Writer:
         self.last_batch_end = 0.0  # time.monotonic() when the last event batch committed
         self._thread = threading.Thread(target=self._run, name="versioner-writer", daemon=True)
         self.batches = 0  # for tests and benchmarks: how much grouping happened
+        self.applying = 0  # events in the batch being applied now (0: idle)
 
     def start(self) -> None:
         self._thread.start()
@@ -96,12 +98,17 @@ class Writer:
         self._queue.put(None)
         self._thread.join()
 
-    async def record(self, event: EventInput) -> RecordResult:
-        """Apply one event; returns once it is committed (or raises its error)."""
+    async def record(self, event: EventInput, timeout: float | None = None) -> RecordResult:
+        """Apply one event; returns once it is committed (or raises its error).
+
+        `timeout`: seconds the caller will wait (its gRPC deadline). An event
+        whose caller has given up before its batch starts is not applied.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RecordResult] = loop.create_future()
         self._events_queued += 1
-        self._queue.put(_Request(event, future, loop))
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        self._queue.put(_Request(event, future, loop, deadline))
         return await asyncio.shield(future)
 
     def _run(self) -> None:
@@ -122,8 +129,13 @@ class Writer:
                 items.append(nxt)
             batch = [i for i in items if isinstance(i, _Request)]
             self._events_taken += len(batch)
-            if batch:
-                self._commit(batch)  # events first: ingestion has priority
+            live = self._live(batch)
+            if live:
+                self.applying = len(live)
+                try:
+                    self._commit(live)  # events first: ingestion has priority
+                finally:
+                    self.applying = 0
                 self.last_batch_end = time.monotonic()
             for job in items:
                 if isinstance(job, _Job):
@@ -144,6 +156,18 @@ class Writer:
             outcome = _Failed(exc)
         job.loop.call_soon_threadsafe(_settle_job, job.future, outcome)
 
+    def _live(self, batch: list[_Request]) -> list[_Request]:
+        """The requests whose callers still wait; the others are answered, not applied."""
+        now = time.monotonic()
+        late = [r for r in batch if r.deadline is not None and r.deadline <= now]
+        if not late:
+            return batch
+        for request in late:
+            gone = Unavailable("the call's deadline passed before its write began; not applied")
+            request.loop.call_soon_threadsafe(_settle, request.future, gone)
+        gone_ids = {id(r) for r in late}
+        return [r for r in batch if id(r) not in gone_ids]
+
     def _commit(self, batch: list[_Request]) -> None:
         """Apply a batch in one transaction; answer every request after the commit.
 
@@ -153,6 +177,8 @@ class Writer:
         (a bug) rolls the whole batch back, and then each event is retried alone
         so that only the faulty one fails.
         """
+        if not batch:
+            return
         outcomes: list[RecordResult | BaseException] = []
         stored: list[StoredEvent] = []
         db = self.database
@@ -187,9 +213,13 @@ class Writer:
         try:
             db.call(transaction)
             self.batches += 1
+            db.writes_succeeded()
         except Unavailable as exc:
             outcomes = [exc] * len(batch)
             stored = []
+            problem = write_problem(exc)
+            if problem:
+                db.writes_failed(problem)
         except Exception as exc:  # a bug, not the client's doing: INTERNAL
             if len(batch) > 1:
                 for request in batch:
@@ -222,7 +252,7 @@ def _settle_job(future: asyncio.Future[Any], outcome: Any) -> None:
 
 
 def _settle(future: asyncio.Future[RecordResult], outcome: RecordResult | BaseException) -> None:
-    if future.cancelled():
+    if future.done():
         return
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
