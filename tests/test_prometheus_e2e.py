@@ -318,6 +318,7 @@ def test_real_prometheus_sees_the_recorded_numbers_and_evaluates_every_expressio
     config = Config(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
         database_url=f"sqlite:///{tmp_path}/versioner.db",
         health_interval=0.2,
         progress_interval=0.5,

@@ -290,9 +290,13 @@ def test_many_connects_and_disconnects_leak_no_watchers_or_tasks(server, stub):
             call.cancel()
     _wait_for_watchers(server, 0)
     deadline = time.monotonic() + 10
-    while task_count() > before and time.monotonic() < deadline:
+    # The server's own periodic work (health probes, notification leases, the
+    # HTTP server) may hold a task or two at any moment; a leak of streams would
+    # leave hundreds.
+    slack = 2
+    while task_count() > before + slack and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert task_count() <= before
+    assert task_count() <= before + slack
 
 
 def test_invalid_watch_requests_are_invalid_argument(stub):
