@@ -333,6 +333,12 @@ def _watch(backend: str, label: str, watch: dict[str, Any], checks: Checks) -> s
                     target,
                     f"{none['p99_ms']:.1f}/{watched['p99_ms']:.1f}",
                     watched.get("delivered_per_s"),
+                    watched.get("delivered_share", "-"),
+                    (
+                        f"{watched['e2e']['p50_ms']:.0f}/{watched['e2e']['p99_ms']:.0f}"
+                        if "e2e" in watched
+                        else "-"
+                    ),
                     watched.get("cutoffs"),
                     watched["rss_mb"],
                     watched["foreign_cores"],
@@ -354,6 +360,8 @@ def _watch(backend: str, label: str, watch: dict[str, Any], checks: Checks) -> s
                         "target",
                         "p99 ms",
                         "delivered/s",
+                        "share",
+                        "e2e p50/p99 ms",
                         "cut-offs",
                         "RSS MB",
                         "foreign",

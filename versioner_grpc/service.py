@@ -26,6 +26,10 @@ from versioner_grpc.store.writer import now_us
 from versioner_grpc.watch import WatchHub
 
 ENCODING_CACHE = 4096  # recent events' encoded watch messages
+BATCH_CACHE = 256  # recent batches, joined
+MAX_EVENTS_PER_MESSAGE = 1000
+# A batch message stays well under the message size limit (4 MiB by default).
+BATCH_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -36,7 +40,7 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
     def __init__(self, store: Store, watch: WatchHub) -> None:
         self.store = store
         self.watch = watch
-        self._encodings: OrderedDict[int, bytes] = OrderedDict()
+        self._encodings = _WatchEncodings(BATCH_BYTES)
 
     async def RecordEvent(
         self, request: pb.RecordEventRequest, context: grpc.aio.ServicerContext
@@ -114,28 +118,93 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         after = request.after_revision if request.HasField("after_revision") else None
         if after is not None and after < 0:
             raise invalid("after_revision", "must not be negative")
-        async for item in self.watch.stream(filters, after):
+        if request.max_events_per_message < 0:
+            raise invalid("max_events_per_message", "must not be negative")
+        batched = request.max_events_per_message > 1
+        limit = min(request.max_events_per_message, MAX_EVENTS_PER_MESSAGE) if batched else 1
+        group = filters.key()
+        async for item in self.watch.stream(filters, after, limit):
             if isinstance(item, int):
                 yield pb.WatchDeploymentsResponse(revision=item, progress=pb.Progress())
+            elif not batched:
+                for event in item:
+                    yield self._encodings.single(event)
             else:
-                yield self._encoded(item)
+                for message in self._encodings.batches(group, item):
+                    yield message
 
-    def _encoded(self, event: StoredEvent) -> bytes:
-        """The event's WatchDeploymentsResponse, encoded once for every watcher.
 
-        The interceptor passes bytes through unserialized, so fanning an event out
-        to a thousand streams costs one conversion, not a thousand.
-        """
-        cached = self._encodings.get(event.revision)
-        if cached is None:
-            message = pb.WatchDeploymentsResponse(
-                revision=event.revision, event=convert.event(event)
-            )
-            cached = message.SerializeToString()
-            self._encodings[event.revision] = cached
-            if len(self._encodings) > ENCODING_CACHE:
-                self._encodings.popitem(last=False)
-        return cached
+class _WatchEncodings:
+    """Encoded watch messages, built once for every stream that needs the same bytes.
+
+    The interceptor passes bytes through unserialized, so fanning an event out to a
+    thousand streams costs one conversion, not a thousand. A batch is the
+    concatenation of its events' encoded `events` entries and the revision: the
+    protobuf encoding of a message is the concatenation of its fields, so the
+    parts are encoded by the library once per event and joined per batch, and a
+    joined batch is kept for the other streams of the same filters (a filter group)
+    that reach the same events.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._events: OrderedDict[int, tuple[pb.Event, bytes | None, bytes | None]] = OrderedDict()
+        self._batches: OrderedDict[tuple[str, int, int, int], list[bytes]] = OrderedDict()
+
+    def _entry(self, event: StoredEvent) -> tuple[pb.Event, bytes | None, bytes | None]:
+        entry = self._events.get(event.revision)
+        if entry is None:
+            entry = (convert.event(event), None, None)
+            self._events[event.revision] = entry
+            if len(self._events) > ENCODING_CACHE:
+                self._events.popitem(last=False)
+        return entry
+
+    def single(self, event: StoredEvent) -> bytes:
+        """The one-event form: `revision` and `event`."""
+        message, single, part = self._entry(event)
+        if single is None:
+            single = pb.WatchDeploymentsResponse(
+                revision=event.revision, event=message
+            ).SerializeToString()
+            self._events[event.revision] = (message, single, part)
+        return single
+
+    def _part(self, event: StoredEvent) -> bytes:
+        message, single, part = self._entry(event)
+        if part is None:
+            part = pb.WatchDeploymentsResponse(events=[message]).SerializeToString()
+            self._events[event.revision] = (message, single, part)
+        return part
+
+    def batches(self, group: str, events: list[StoredEvent]) -> list[bytes]:
+        """`events` as few batch messages as the message size limit allows."""
+        key = (group, events[0].revision, events[-1].revision, len(events))
+        cached = self._batches.get(key)
+        if cached is not None:
+            return cached
+        messages: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
+        last = events[0].revision
+        for event in events:
+            part = self._part(event)
+            if parts and size + len(part) > self.max_bytes:
+                messages.append(self._join(parts, last))
+                parts, size = [], 0
+            parts.append(part)
+            size += len(part)
+            last = event.revision
+        messages.append(self._join(parts, last))
+        self._batches[key] = messages
+        if len(self._batches) > BATCH_CACHE:
+            self._batches.popitem(last=False)
+        return messages
+
+    @staticmethod
+    def _join(parts: list[bytes], revision: int) -> bytes:
+        parts.append(pb.WatchDeploymentsResponse(revision=revision).SerializeToString())
+        return b"".join(parts)
 
 
 def _filters(request: pb.ListHistoryRequest) -> Filters:
