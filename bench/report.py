@@ -419,7 +419,13 @@ def _metrics(backend: str, label: str, metrics: dict[str, Any], checks: Checks) 
                 rows,
             ),
             f"on / {rec['baseline']}: {rec['ratio']} ({target}); on / off (no endpoint): "
-            f"{rec['ratio_endpoint_only']}",
+            f"{rec['ratio_endpoint_only']}"
+            + (
+                f"; on / off (nothing: no projection, no interceptor metrics): "
+                f"{rec['ratio_nothing']}"
+                if rec.get("ratio_nothing")
+                else ""
+            ),
         ]
     )
 

@@ -35,6 +35,9 @@ class Config:
     max_metadata_bytes: int = 16 * 1024
     keepalive_seconds: float = 60.0
     skip_metric_projection: bool = False
+    # Performance: benchmarking switches (DESIGN.md §9)
+    read_cache: bool = True
+    grpc_metrics: bool = True
 
 
 HELP = {
@@ -68,6 +71,11 @@ HELP = {
     "event_retention_days": "delete events older than this many days (0 keeps them forever); "
     "deployments, current state and metrics are kept, but watchers cannot resume from "
     "before the oldest kept event and event_id replays are recognized only within it",
+    # Performance: benchmarking switches (DESIGN.md §9)
+    "read_cache": "answer repeated GetCurrent/ListHistory questions from encoded answers while "
+    "the head revision is unchanged (--no-read-cache: benchmarking, every read cold)",
+    "grpc_metrics": "count and time every call in grpc_server_* metrics (--no-grpc-metrics: "
+    "benchmarking, the interceptor still logs and maps errors)",
 }
 
 

@@ -105,6 +105,7 @@ class Server:
             sqlite_synchronous=config.sqlite_synchronous,
             readers=config.read_threads,
             project_metrics=not config.skip_metric_projection,
+            read_cache=config.read_cache,
         )
         disable_created_metrics()  # go-grpc-prometheus has no *_created series
         self.registry = CollectorRegistry()
@@ -128,7 +129,11 @@ class Server:
         if applied:
             log.info("schema migrated", extra=fields(event="migrated", migrations=applied))
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(GrpcMetrics(self.registry), self.tokens)],
+            interceptors=[
+                ObservingInterceptor(
+                    GrpcMetrics(self.registry) if self.config.grpc_metrics else None, self.tokens
+                )
+            ],
             options=server_options(self.config),
         )
         self.watch = WatchHub(

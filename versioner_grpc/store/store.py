@@ -29,11 +29,12 @@ class Store:
         sqlite_synchronous: str = "NORMAL",
         readers: int = 2,
         project_metrics: bool = True,
+        read_cache: bool = True,
     ) -> None:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
-        self.cache = RevisionCache()
+        self.cache = RevisionCache(entries=512 if read_cache else 0)
         self.writer = Writer(
             self.database, on_commit=self._committed, project_metrics=project_metrics
         )
