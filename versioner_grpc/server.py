@@ -21,6 +21,7 @@ from prometheus_client import (
 from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import deployment_service_pb2_grpc as pb_grpc
 
+from versioner_grpc import convert
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.errors import Unavailable
@@ -106,6 +107,7 @@ class Server:
             readers=config.read_threads,
             project_metrics=not config.skip_metric_projection,
             read_cache=config.read_cache,
+            encode=convert.encoded_deployment,
         )
         disable_created_metrics()  # go-grpc-prometheus has no *_created series
         self.registry = CollectorRegistry()

@@ -77,9 +77,17 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
         def answer(sql: Sql) -> tuple[bytes, int]:
             states = reads.current_states(sql, filters.product, filters.environment)
             revision = reads.head_revision(sql)
-            response = pb.GetCurrentResponse(
-                states=[convert.state(s) for s in states], revision=revision
-            )
+            response = pb.GetCurrentResponse(revision=revision)
+            for s in states:
+                state = response.states.add(
+                    product_name=s.product,
+                    environment_name=s.environment,
+                    environment_type=int(s.environment_type),
+                )
+                if s.current is not None:
+                    _set(state.current, s.current)
+                if s.latest is not None:
+                    _set(state.latest, s.latest)
             return response.SerializeToString(), revision
 
         key = ("GetCurrent", filters.product, filters.environment)
@@ -98,10 +106,11 @@ class DeploymentService(pb_grpc.DeploymentServiceServicer):
             page, next_key = reads.history_page(sql, filters, after, limit)
             revision = reads.head_revision(sql)
             response = pb.ListHistoryResponse(
-                deployments=[convert.deployment(d) for d in page],
                 next_page_token=pagetoken.encode(filters.key(), next_key) if next_key else "",
                 revision=revision,
             )
+            for stored in page:
+                _set(response.deployments.add(), stored)
             return response.SerializeToString(), revision
 
         key = ("ListHistory", filters.key(), after, limit)
@@ -205,6 +214,15 @@ class _WatchEncodings:
     def _join(parts: list[bytes], revision: int) -> bytes:
         parts.append(pb.WatchDeploymentsResponse(revision=revision).SerializeToString())
         return b"".join(parts)
+
+
+def _set(message: pb.Deployment, stored: reads.Stored) -> None:
+    """Fill `message` from a stored deployment: parsed from its stored encoding (in
+    the protobuf runtime's C code), or converted when the row has none."""
+    if isinstance(stored, bytes):
+        message.MergeFromString(stored)
+    else:
+        message.CopyFrom(convert.deployment(stored))
 
 
 def _filters(request: pb.ListHistoryRequest) -> Filters:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 
 from versioner_grpc.domain.environments import environment_type
 from versioner_grpc.domain.errors import FailedPrecondition
@@ -32,14 +33,17 @@ from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, Sql
 
 _OPEN = (int(Status.PENDING), int(Status.STARTED))
 _INSERT_DEPLOYMENT = (
-    f"INSERT INTO deployment ({DEPLOYMENT_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO deployment ({DEPLOYMENT_COLUMNS}, encoded) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_DEPLOYMENT = (
     "UPDATE deployment SET status = ?, deployed_by = ?, scm_branch = ?, scm_sha = ?, "
     "build_url = ?, metadata = ?, update_time = ?, start_time = ?, end_time = ?, "
-    "previous_version = ?, is_rollback = ?, scm_commit_time = ? WHERE id = ?"
+    "previous_version = ?, is_rollback = ?, scm_commit_time = ?, encoded = ? WHERE id = ?"
 )
+Encoder = Callable[[Deployment], bytes]
+"""The deployment's wire encoding, stored beside its row (given by the server wiring:
+the store knows no protobuf)."""
 
 
 @dataclasses.dataclass
@@ -57,7 +61,13 @@ class PlaceState:
 
 
 def apply_event(
-    sql: Sql, inp: EventInput, now: int, revision: int, *, project_metrics: bool = True
+    sql: Sql,
+    inp: EventInput,
+    now: int,
+    revision: int,
+    *,
+    project_metrics: bool = True,
+    encode: Encoder | None = None,
 ) -> RecordResult:
     """Apply `inp`; a stored (non-duplicate) result carries `revision`."""
     replay = _replay(sql, inp)
@@ -85,10 +95,11 @@ def apply_event(
     if after.status == Status.COMPLETED and action is not Action.FILL_START:
         _set_previous_and_rollback(sql, after)
     values = deployment_tuple(after)
+    encoded = encode(after) if encode is not None else None
     if before is None:
-        sql.run(_INSERT_DEPLOYMENT, values)
+        sql.run(_INSERT_DEPLOYMENT, (*values, encoded))
     else:
-        sql.run(_UPDATE_DEPLOYMENT, (*values[5:11], *values[12:], after.id))
+        sql.run(_UPDATE_DEPLOYMENT, (*values[5:11], *values[12:], encoded, after.id))
     if binding == "bind":
         sql.run(
             "INSERT INTO version_binding (product, version, scm_sha) VALUES (?, ?, ?)",

@@ -84,6 +84,11 @@ def define_models(database: pw.Database) -> Models:
         previous_version = pw.CharField(max_length=100, default="")
         is_rollback = pw.BooleanField(default=False)
         scm_commit_time = pw.BigIntegerField(null=True)
+        # The deployment's protobuf encoding (versioner.v1.Deployment), written in
+        # the same statement as the columns above, so reads send stored bytes
+        # instead of converting field by field. NULL for rows written before
+        # migration 5 (or seeded without it): those are converted as before.
+        encoded = pw.BlobField(null=True)
 
         class Meta:
             indexes = (
@@ -200,11 +205,25 @@ def _v2_recorded_by(models: Models) -> None:
         migrate_schema(migrator.add_column(models.Event._meta.table_name, "recorded_by", field))
 
 
+def _v5_encoded_deployments(models: Models) -> None:
+    """Deployments keep their encoded protobuf beside their columns (DESIGN.md §9)."""
+    db = models.Deployment._meta.database
+    columns = {c.name for c in db.get_columns(models.Deployment._meta.table_name)}
+    if "encoded" not in columns:  # v1 may have created it already
+        migrator = SchemaMigrator.from_database(db)
+        migrate_schema(
+            migrator.add_column(
+                models.Deployment._meta.table_name, "encoded", models.Deployment.encoded
+            )
+        )
+
+
 # Append only: a migration, once released, is never edited. v1 creates tables
 # from the current models, so later steps check before they alter.
 MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
     (1, _v1_initial),
     (2, _v2_recorded_by),
+    (5, _v5_encoded_deployments),
 ]
 
 

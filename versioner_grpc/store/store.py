@@ -12,6 +12,7 @@ from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.domain.validation import Filters
 from versioner_grpc.store import reads
 from versioner_grpc.store.database import Database
+from versioner_grpc.store.events import Encoder
 from versioner_grpc.store.read_cache import RevisionCache
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
@@ -30,13 +31,17 @@ class Store:
         readers: int = 2,
         project_metrics: bool = True,
         read_cache: bool = True,
+        encode: Encoder | None = None,
     ) -> None:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
         self.cache = RevisionCache(entries=512 if read_cache else 0)
         self.writer = Writer(
-            self.database, on_commit=self._committed, project_metrics=project_metrics
+            self.database,
+            on_commit=self._committed,
+            project_metrics=project_metrics,
+            encode=encode,
         )
 
     def open(self) -> list[int]:

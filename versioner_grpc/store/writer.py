@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from versioner_grpc.domain.errors import Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.store.database import Database
-from versioner_grpc.store.events import apply_event
+from versioner_grpc.store.events import Encoder, apply_event
 from versioner_grpc.store.reads import head_revision
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ class Writer:
         on_commit: Callable[[list[StoredEvent]], None] = lambda events: None,
         max_batch: int = 256,
         project_metrics: bool = True,
+        encode: Encoder | None = None,
     ) -> None:
         self.database = database
+        self.encode = encode
         self.project_metrics = project_metrics
         self.on_commit = on_commit
         self.max_batch = max_batch
@@ -116,6 +118,7 @@ class Writer:
                             now,
                             revision,
                             project_metrics=self.project_metrics,
+                            encode=self.encode,
                         )
                     except VersionerError as exc:
                         outcomes.append(exc)
