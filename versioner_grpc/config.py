@@ -52,7 +52,8 @@ HELP = {
     "shutdown_grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
     "progress_interval": "seconds between progress messages on an idle or filtered watch",
     "max_watchers": "most concurrent WatchDeployments streams; more get RESOURCE_EXHAUSTED",
-    "watch_buffer": "events buffered per watcher before a slow one is cut off",
+    "watch_buffer": "recent events kept for live watchers: one that falls further behind "
+    "is cut off (it resumes from its last revision)",
     "poll_interval": "seconds between polls for events written by other replicas",
     "read_threads": "threads (and database connections) serving reads; more than 2 only adds "
     "GIL contention on SQLite (measured), PostgreSQL may gain from a few more",
