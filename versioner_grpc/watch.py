@@ -50,8 +50,8 @@ CATCH_UP_PAGE = 500
 # second, and the pacing itself never pushes a watcher beyond the buffer.
 WAKE_CHUNK = 100
 ROUND_WAIT = 0.2
-PAUSE_FACTOR = 2.0
-MAX_PAUSE = 0.4
+PAUSE_FACTOR = 4.0
+MAX_PAUSE = 0.6
 MIN_PAUSE = 0.001
 
 WatchItem = list[StoredEvent] | int
