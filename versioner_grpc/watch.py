@@ -53,6 +53,7 @@ ROUND_WAIT = 0.2
 PAUSE_FACTOR = 4.0
 MAX_PAUSE = 0.6
 MIN_PAUSE = 0.001
+DIRECT_WAKE = 8  # up to this many streams, new events wake them straight away
 
 WatchItem = list[StoredEvent] | int
 """What a stream yields: events in revision order (one message), or a progress revision."""
@@ -198,6 +199,11 @@ class WatchHub:
         if self._appended * 4 >= self.buffer:
             self._urgent.set()
             self._round_done.set()  # nor wait for a watcher that is slow to send
+        if len(self._watchers) <= DIRECT_WAKE:
+            # A few streams: wake them now, as a queue would, without the fan-out's hop.
+            for watcher in self._watchers:
+                if watcher.waiting:
+                    watcher.wake.set()
         if len(self._revisions) > 2 * self.buffer:  # trimmed in bulk: amortized O(1)
             cut = len(self._revisions) - self.buffer
             self._dropped = self._revisions[cut - 1]
