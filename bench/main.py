@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,7 @@ class Run:
         self, url: str, metrics: bool = True, extra: list[str] | None = None
     ) -> procs.ServerProc:
         self.revisions.append(procs.git_revision())
+        extra = [*shlex.split(self.args.versioner_args), *(extra or [])]
         server = procs.versioner(url, self.log_path("versioner"), metrics=metrics, extra=extra)
         self.live.append(server)
         return server
@@ -165,6 +167,11 @@ class Run:
         variants.append(("off (no endpoint)", False, []))
         if procs.versioner_has_flag("--skip-metric-projection"):
             variants.append(("off (no projection)", False, ["--skip-metric-projection"]))
+        if procs.versioner_has_flag("--no-grpc-metrics"):
+            # Also without the interceptor's per-call counters: nothing of metrics at all.
+            variants.append(
+                ("off (nothing)", False, ["--skip-metric-projection", "--no-grpc-metrics"])
+            )
         if not self.args.quick:  # on again: a drift shows as two different "on" figures
             variants.append(("on", True, []))
         cells = []
@@ -189,6 +196,7 @@ class Run:
             "baseline": base,
             "ratio": ratio(mean["on"], baseline),
             "ratio_endpoint_only": ratio(mean["on"], mean["off (no endpoint)"]),
+            "ratio_nothing": ratio(mean["on"], mean.get("off (nothing)")),
         }
         _say(
             f"  RecordEvent {s.metrics_inflight} in flight: "

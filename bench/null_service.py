@@ -10,7 +10,8 @@ WatchDeployments is a fan-out with no store: each RecordEvent builds one
 WatchDeploymentsResponse (the request's product, version, environment and
 extra_metadata on a prebuilt deployment) and puts it on every watcher's
 bounded queue; a watcher whose queue overflows is ended with
-RESOURCE_EXHAUSTED, as Versioner ends a slow consumer.
+RESOURCE_EXHAUSTED, as Versioner ends a slow consumer. A watcher that asks for
+batches (max_events_per_message > 1) gets everything queued in one message.
 
 `python -m bench.null_service --listen 127.0.0.1:0` logs the same JSON
 "serving" line as Versioner.
@@ -128,11 +129,21 @@ class NullDeploymentService(pb_grpc.DeploymentServiceServicer):
     ) -> AsyncIterator[pb.WatchDeploymentsResponse]:
         watcher = _Watcher(self.buffer)
         self.watchers.add(watcher)
+        limit = request.max_events_per_message
         try:
             while True:
                 if watcher.overflowed:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher fell behind")
-                yield await watcher.queue.get()
+                message = await watcher.queue.get()
+                if limit <= 1:
+                    yield message
+                    continue
+                # A batch: everything queued, in one message.
+                batch = pb.WatchDeploymentsResponse(events=[message.event])
+                while len(batch.events) < limit and not watcher.queue.empty():
+                    batch.events.append(watcher.queue.get_nowait().event)
+                batch.revision = batch.events[-1].revision
+                yield batch
         finally:
             self.watchers.discard(watcher)
 

@@ -130,6 +130,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="benchmark the server code of this git revision (e.g. HEAD), exported to a temp "
         "dir, instead of the working tree (which others may change during a long run)",
     )
+    p.add_argument(
+        "--versioner-args",
+        default="",
+        metavar="ARGS",
+        help="extra flags for every Versioner process, e.g. '--no-read-cache' (every read "
+        "cold) or '--no-grpc-metrics'",
+    )
     p.add_argument("--render", metavar="JSON", help="print the tables of a saved result and exit")
     p.add_argument("--out", default="bench-results", help="directory for the JSON and text report")
     p.add_argument(

@@ -189,12 +189,19 @@ def _projection() -> _RealProjection | _MirrorProjection:
 def deployment_row(d: Deployment) -> dict[str, Any]:
     """The deployment's column values, as the store writes them."""
     fields = getattr(codec, "deployment_fields", None)
+    row: dict[str, Any]
     if fields is not None:
-        row: dict[str, Any] = fields(d)
-        return row
-    sql = importlib.import_module("versioner_grpc.store.sql")
-    names = [c.strip() for c in sql.DEPLOYMENT_COLUMNS.split(",")]
-    return dict(zip(names, codec.deployment_tuple(d), strict=True))
+        row = fields(d)
+    else:
+        sql = importlib.import_module("versioner_grpc.store.sql")
+        names = [c.strip() for c in sql.DEPLOYMENT_COLUMNS.split(",")]
+        row = dict(zip(names, codec.deployment_tuple(d), strict=True))
+    # The stored encoding (migration 5), where this version of the server has one;
+    # a table without the column ignores it.
+    encode = getattr(importlib.import_module("versioner_grpc.convert"), "encoded_deployment", None)
+    if encode is not None:
+        row["encoded"] = encode(d)
+    return row
 
 
 def generate(n: int, seed: int = 1) -> Iterator[dict[str, list[dict[str, Any]]]]:
@@ -385,6 +392,8 @@ def _csv_value(value: Any) -> str:
         return "f"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()  # bytea's hex input form
     return '"' + str(value).replace('"', '""') + '"'
 
 

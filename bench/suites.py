@@ -212,6 +212,11 @@ def watch_server(
             seen = proc.receive(timeout=60)
             cell["delivered_per_s"] = round(seen["delivered"] / seen["seconds"], 1)
             cell["cutoffs"] = seen["cutoffs"]
+            # Every watcher should receive every event recorded in the window.
+            offered = cell["calls_per_s"] * watchers
+            share = round(cell["delivered_per_s"] / offered, 3) if offered else None
+            cell["delivered_share"] = share
+            cell["e2e"] = latency_summary(seen["latencies_us"])
             out["record_watched"] = cell
             out["record_ratio"] = ratio(cell["calls_per_s"], out["record_none"]["calls_per_s"])
     finally:

@@ -237,13 +237,15 @@ async def _with_hub(tmp: Path, body: Any, **options: Any) -> None:
         await loop.run_in_executor(None, store.close)
 
 
-async def _take(stream: AsyncIterator[StoredEvent | int], n: int) -> list[StoredEvent]:
+async def _take(stream: AsyncIterator[list[StoredEvent] | int], n: int) -> list[StoredEvent]:
+    """The next `n` events of a hub stream (which yields batches and progress revisions)."""
     got: list[StoredEvent] = []
     async for item in stream:
-        if isinstance(item, StoredEvent):
-            got.append(item)
-            if len(got) == n:
+        if isinstance(item, list):
+            got.extend(item)
+            if len(got) >= n:
                 break
+    assert len(got) == n, got
     return got
 
 

@@ -18,7 +18,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from versioner.v1 import deployment_service_pb2 as pb
 
-from versioner_grpc.domain.validation import Filters
+from versioner_grpc.domain.filters import Filters
+from versioner_grpc.domain.validation import MAX_METADATA_DEPTH
 
 COMPLETED = pb.DEPLOYMENT_STATUS_COMPLETED
 TOKEN_KEY = b"versioner.v1.ListHistory"  # the seal is public: anyone can forge one
@@ -180,14 +181,13 @@ def event_request(**fields) -> pb.RecordEventRequest:
 
 
 def test_metadata_at_the_depth_limit_is_accepted(stub):
-    stub.RecordEvent(event_request(extra_metadata=deep_struct(32)), timeout=10)
+    stub.RecordEvent(event_request(extra_metadata=deep_struct(MAX_METADATA_DEPTH)), timeout=10)
 
 
 def test_metadata_past_the_depth_limit_names_the_limit(stub):
-    details = assert_invalid(
-        stub.RecordEvent, event_request(extra_metadata=deep_struct(33)), "extra_metadata"
-    )
-    assert "32 levels" in details.field_violations[0].description
+    too_deep = event_request(extra_metadata=deep_struct(MAX_METADATA_DEPTH + 1))
+    details = assert_invalid(stub.RecordEvent, too_deep, "extra_metadata")
+    assert f"{MAX_METADATA_DEPTH} levels" in details.field_violations[0].description
 
 
 def test_metadata_past_protobufs_own_depth_limit_names_the_limit(server):
@@ -208,7 +208,7 @@ def test_metadata_past_protobufs_own_depth_limit_names_the_limit(server):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = bad_request(info.value).field_violations
     assert [v.field for v in violations] == ["extra_metadata"]
-    assert "32 levels" in violations[0].description
+    assert f"{MAX_METADATA_DEPTH} levels" in violations[0].description
 
 
 def _varint(n: int) -> bytes:

@@ -70,3 +70,47 @@ def test_live_watchers_on_both_replicas_get_the_same_ordered_stream(replicas):
     assert len(set(streams[0])) == 30
     for w in watchers:
         w.cancel()
+
+
+def test_batched_watchers_on_both_replicas_resume_with_no_gap_or_duplicate(replicas):
+    """Batches across replicas: readers that stop mid-batch and resume on the other replica."""
+    from tests.test_watch_batches import revisions
+
+    a, b = replicas
+    stubs = (a.stub, b.stub)
+    written: list[int] = []
+    lock = threading.Lock()
+
+    def writer(stub, name: str) -> None:
+        for i in range(80):
+            revision = record(stub, product=name, version=str(i)).event.revision
+            with lock:
+                written.append(revision)
+
+    threads = [
+        threading.Thread(target=writer, args=(a.stub, "via-a")),
+        threading.Thread(target=writer, args=(b.stub, "via-b")),
+    ]
+    for t in threads:
+        t.start()
+    received: list[int] = []
+    turn = 0
+    while any(t.is_alive() for t in threads) or len(received) < 160:
+        watcher = Collector(
+            stubs[turn % 2], after_revision=received[-1] if received else 0,
+            max_events_per_message=25,
+        )  # fmt: skip
+        turn += 1
+        taken: list[int] = []
+        while len(taken) < 37:
+            message = watcher.messages.get(timeout=30)
+            assert message is not None, f"stream ended early: {watcher.error}"
+            if message.WhichOneof("kind") == "progress":
+                break
+            taken += revisions([message])
+        watcher.cancel()
+        received += taken[:37]  # stop inside a batch
+    for t in threads:
+        t.join()
+    assert received == sorted(set(received)), "out of order or duplicated"
+    assert received == sorted(written) == list(range(1, 161))

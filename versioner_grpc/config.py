@@ -52,6 +52,9 @@ class Config:
     notification_lease_seconds: float = 15.0
     # Reliability: how long any database call may take before it fails as UNAVAILABLE.
     database_timeout: float = 5.0
+    # Performance: benchmarking switches (DESIGN.md §9)
+    read_cache: bool = True
+    grpc_metrics: bool = True
 
 
 HELP = {
@@ -66,7 +69,8 @@ HELP = {
     "shutdown_grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
     "progress_interval": "seconds between progress messages on an idle or filtered watch",
     "max_watchers": "most concurrent WatchDeployments streams; more get RESOURCE_EXHAUSTED",
-    "watch_buffer": "events buffered per watcher before a slow one is cut off",
+    "watch_buffer": "recent events kept for live watchers: one that falls further behind "
+    "is cut off (it resumes from its last revision)",
     "poll_interval": "seconds between polls for events written by other replicas",
     "read_threads": "threads (and database connections) serving reads; more than 2 only adds "
     "GIL contention on SQLite (measured), PostgreSQL may gain from a few more",
@@ -107,6 +111,11 @@ HELP = {
     # Reliability
     "database_timeout": "seconds any database call may take (connect, statement, write "
     "batch); then it fails with UNAVAILABLE and health turns NOT_SERVING (0: no limit)",
+    # Performance: benchmarking switches (DESIGN.md §9)
+    "read_cache": "answer repeated GetCurrent/ListHistory questions from encoded answers while "
+    "the head revision is unchanged (--no-read-cache: benchmarking, every read cold)",
+    "grpc_metrics": "count and time every call in grpc_server_* metrics (--no-grpc-metrics: "
+    "benchmarking, the interceptor still logs and maps errors)",
 }
 
 

@@ -94,6 +94,11 @@ def deployment(d: Deployment) -> pb.Deployment:
     return msg
 
 
+def encoded_deployment(d: Deployment) -> bytes:
+    """The bytes stored beside a deployment's row (store.events.Encoder)."""
+    return deployment(d).SerializeToString()
+
+
 def event(e: StoredEvent) -> pb.Event:
     return pb.Event(
         revision=e.revision,

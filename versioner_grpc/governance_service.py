@@ -227,7 +227,8 @@ class GovernanceService(gpb_grpc.GovernanceServiceServicer):
             after_id=after,
             limit=limit,
         )
-        token = pagetoken.encode(key, PageKey(next_id, "")) if next_id else ""
+        # The position is the entry id; its text form fills the id half (never empty).
+        token = pagetoken.encode(key, PageKey(next_id, str(next_id))) if next_id else ""
         return gpb.ListAuditResponse(
             entries=[convert_governance.audit_entry(e) for e in entries], next_page_token=token
         )

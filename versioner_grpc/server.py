@@ -25,6 +25,7 @@ from versioner.v1 import governance_service_pb2_grpc as gpb_grpc
 from versioner.v1 import notification_service_pb2 as npb
 from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
+from versioner_grpc import convert
 from versioner_grpc.auth import TokenFile
 from versioner_grpc.config import Config
 from versioner_grpc.domain.clock import now_us
@@ -135,6 +136,8 @@ class Server:
             readers=config.read_threads,
             project_metrics=not config.skip_metric_projection,
             timeout=config.database_timeout,
+            read_cache=config.read_cache,
+            encode=convert.encoded_deployment,
         )
         # go-grpc-prometheus has no *_created series.
         # prometheus_client leaves this function unannotated:
@@ -174,7 +177,11 @@ class Server:
         if self.config.rules_file:
             await self._rules_loaded(self.store.gate.rules, "start")
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(GrpcMetrics(self.registry), self.tokens)],
+            interceptors=[
+                ObservingInterceptor(
+                    GrpcMetrics(self.registry) if self.config.grpc_metrics else None, self.tokens
+                )
+            ],
             options=server_options(self.config),
         )
         self.watch = WatchHub(

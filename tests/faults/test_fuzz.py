@@ -220,6 +220,7 @@ def fuzzed(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Running
         Config(
             listen="127.0.0.1:0",
             metrics_listen="off",
+            http_listen="off",
             database_url=url,
             progress_interval=0.1,
             poll_interval=0.5,

@@ -140,3 +140,19 @@ class EnvironmentState:
     environment_type: EnvironmentType
     current: Deployment | None
     latest: Deployment | None
+
+
+Stored = bytes | Deployment
+"""A deployment as a read returns it: its stored encoding, or (for a row written
+without one) the deployment itself, for the caller to encode."""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What runs in one place (a product x environment), deployments as stored."""
+
+    product: str
+    environment: str
+    environment_type: EnvironmentType
+    current: Stored | None
+    latest: Stored | None

@@ -414,7 +414,7 @@ class _SseEncodings:
 
 
 async def _sse(
-    items: AsyncIterator[StoredEvent | int], request: Request, encodings: _SseEncodings
+    items: AsyncIterator[list[StoredEvent] | int], request: Request, encodings: _SseEncodings
 ) -> AsyncIterator[str]:
     """Events as `event: deployment`, progress as `event: progress`; `id:` is the revision.
 
@@ -428,7 +428,8 @@ async def _sse(
             if isinstance(item, int):
                 yield f"id: {item}\nevent: progress\ndata: {json.dumps({'revision': item})}\n\n"
             else:
-                yield encodings.message(item)
+                for event in item:
+                    yield encodings.message(event)
     except VersionerError as exc:
         code, body = errors.error_body(exc, request)
         body["status"] = code

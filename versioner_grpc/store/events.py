@@ -10,7 +10,9 @@ sql.py): this runs for every event.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from versioner_grpc.domain.environments import environment_type
@@ -31,24 +33,45 @@ from versioner_grpc.store.codec import (
     snapshot,
 )
 from versioner_grpc.store.governance import Gate
-from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, Sql
+from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, DEPLOYMENT_FIELDS, Sql, placeholders
 
 _OPEN = (int(Status.PENDING), int(Status.STARTED))
+# Columns an event may change on an existing deployment (the rest are fixed at creation).
+_MUTABLE = tuple(
+    c for c in DEPLOYMENT_FIELDS
+    if c not in ("id", "product", "version", "environment", "environment_type", "create_time")
+)  # fmt: skip
 _INSERT_DEPLOYMENT = (
-    f"INSERT INTO deployment ({DEPLOYMENT_COLUMNS}) "
-    f"VALUES ({', '.join('?' * len(DEPLOYMENT_COLUMNS.split(',')))})"
+    f"INSERT INTO deployment ({DEPLOYMENT_COLUMNS}, encoded) "
+    f"VALUES ({placeholders(len(DEPLOYMENT_FIELDS) + 1)})"
 )
 _UPDATE_DEPLOYMENT = (
-    "UPDATE deployment SET status = ?, deployed_by = ?, scm_branch = ?, scm_sha = ?, "
-    "build_url = ?, metadata = ?, update_time = ?, start_time = ?, end_time = ?, "
-    "previous_version = ?, is_rollback = ?, scm_commit_time = ?, approval_id = ?, "
-    "override_reason = ?, rule_violations = ? WHERE id = ?"
+    "UPDATE deployment SET "
+    + ", ".join(f"{c} = ?" for c in (*_MUTABLE, "encoded"))
+    + " WHERE id = ?"
 )
+
+
+class Binding(enum.Enum):
+    """What an event writes to version_binding (the scm_sha a product's version is bound to)."""
+
+    NONE = "none"  # already bound, or nothing to bind
+    BIND = "bind"  # first time this version is seen: bind it (possibly to an empty sha)
+    FILL = "fill"  # bound to no sha yet and this event carries one: fill it in
+
+
+Encoder = Callable[[Deployment], bytes]
+"""The deployment's wire encoding, stored beside its row (given by the server wiring:
+the store knows no protobuf)."""
 
 
 @dataclasses.dataclass
 class PlaceState:
-    """The current_state row of one (product, environment), as read before the event."""
+    """The current_state row of one place, as read before the event.
+
+    A *place* is one product in one environment (product x environment): the unit
+    GetCurrent answers for, and the key of the current_state table.
+    """
 
     exists: bool
     current_id: str | None = None
@@ -68,6 +91,7 @@ def apply_event(
     *,
     project_metrics: bool = True,
     gate: Gate | None = None,
+    encode: Encoder | None = None,
 ) -> RecordResult:
     """Apply `inp`; a stored (non-duplicate) result carries `revision`.
 
@@ -103,17 +127,18 @@ def apply_event(
         after.rule_violations = clearance.violations
     if after.status == Status.COMPLETED and action is not Action.FILL_START:
         _set_previous_and_rollback(sql, after)
-    values = deployment_tuple(after)
+    row = dict(zip(DEPLOYMENT_FIELDS, deployment_tuple(after), strict=True))
+    encoded = encode(after) if encode is not None else None
     if before is None:
-        sql.run(_INSERT_DEPLOYMENT, values)
+        sql.run(_INSERT_DEPLOYMENT, (*row.values(), encoded))
     else:
-        sql.run(_UPDATE_DEPLOYMENT, (*values[5:11], *values[12:], after.id))
-    if binding == "bind":
+        sql.run(_UPDATE_DEPLOYMENT, (*(row[c] for c in _MUTABLE), encoded, after.id))
+    if binding is Binding.BIND:
         sql.run(
             "INSERT INTO version_binding (product, version, scm_sha) VALUES (?, ?, ?)",
             (inp.product, inp.version, inp.scm_sha),
         )
-    elif binding == "fill":
+    elif binding is Binding.FILL:
         sql.run(
             "UPDATE version_binding SET scm_sha = ? WHERE product = ? AND version = ?",
             (inp.scm_sha, inp.product, inp.version),
@@ -186,26 +211,26 @@ def _same_request(inp: EventInput, product: str, version: str, env: str, status:
         )
 
 
-def _check_version_binding(sql: Sql, inp: EventInput) -> str:
-    """Enforce version immutability; say what to write: "bind", "fill" or ""."""
+def _check_version_binding(sql: Sql, inp: EventInput) -> Binding:
+    """Enforce version immutability; say what to write to version_binding."""
     row = sql.row(
         "SELECT scm_sha FROM version_binding WHERE product = ? AND version = ?",
         (inp.product, inp.version),
     )
     if row is None:
-        return "bind"
+        return Binding.BIND
     bound = row[0]
     if not inp.scm_sha:
-        return ""
+        return Binding.NONE
     if not bound:
-        return "fill"
+        return Binding.FILL
     if bound != inp.scm_sha:
         raise FailedPrecondition(
             "VERSION_SHA_MISMATCH",
             f"{inp.product} {inp.version} is bound to scm_sha {bound}, not {inp.scm_sha}",
             {"product_name": inp.product, "version": inp.version, "bound_scm_sha": bound},
         )
-    return ""
+    return Binding.NONE
 
 
 def _matching(sql: Sql, inp: EventInput) -> Deployment | None:

@@ -8,10 +8,11 @@ from typing import Any
 from versioner_grpc.domain.filters import Filters, PageKey
 from versioner_grpc.domain.model import (
     Deployment,
-    EnvironmentState,
     EnvironmentType,
     Status,
+    Stored,
     StoredEvent,
+    StoredState,
 )
 from versioner_grpc.store.codec import deployment_from_snapshot, deployment_from_tuple
 from versioner_grpc.store.sql import DEPLOYMENT_COLUMNS, Sql
@@ -27,7 +28,26 @@ def oldest_revision(sql: Sql) -> int:
     return sql.value("SELECT revision FROM event ORDER BY revision ASC LIMIT 1") or 0
 
 
-def current_states(sql: Sql, product: str = "", environment: str = "") -> list[EnvironmentState]:
+def _stored(sql: Sql, rows: list[tuple[str, Any]]) -> dict[str, Stored]:
+    """(id, encoded) rows by id; the rows without an encoding converted from their columns."""
+    found: dict[str, Stored] = {}
+    missing = []
+    for id_, encoded in rows:
+        if encoded is None:
+            missing.append(id_)
+        else:
+            found[id_] = bytes(encoded)  # psycopg2 returns a memoryview
+    for start in range(0, len(missing), 500):
+        chunk = missing[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for row in sql.rows(
+            f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment WHERE id IN ({marks})", chunk
+        ):
+            found[row[0]] = deployment_from_tuple(row)
+    return found
+
+
+def current_states(sql: Sql, product: str = "", environment: str = "") -> list[StoredState]:
     """What runs where: one row per (product, environment) matching; a lookup, not a scan."""
     where, params = _where(Filters(product, environment), _FILTERABLE_PLACE, times=False)
     rows = sql.rows(
@@ -37,16 +57,14 @@ def current_states(sql: Sql, product: str = "", environment: str = "") -> list[E
         params,
     )  # fmt: skip
     ids = sorted({i for row in rows for i in (row[3], row[4]) if i})
-    by_id: dict[str, Deployment] = {}
+    encoded: list[tuple[str, Any]] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ", ".join("?" * len(chunk))
-        for row in sql.rows(
-            f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment WHERE id IN ({marks})", chunk
-        ):
-            by_id[row[0]] = deployment_from_tuple(row)
+        encoded += sql.rows(f"SELECT id, encoded FROM deployment WHERE id IN ({marks})", chunk)
+    by_id = _stored(sql, encoded)
     return [
-        EnvironmentState(
+        StoredState(
             product=p,
             environment=e,
             environment_type=EnvironmentType(t),
@@ -65,21 +83,23 @@ def deployment_by_id(sql: Sql, deployment_id: str) -> Deployment | None:
 
 def history_page(
     sql: Sql, filters: Filters, after: PageKey | None, limit: int
-) -> tuple[list[Deployment], PageKey | None]:
+) -> tuple[list[Stored], PageKey | None]:
     """Deployments newest first, after the keyset position; the key of the next page."""
     where, params = _where(filters, _FILTERABLE_DEPLOYMENT, times=True)
     if after is not None:
         where.append("(create_time < ? OR (create_time = ? AND id < ?))")
         params += [after.create_time, after.create_time, after.id]
     rows = sql.rows(
-        f"SELECT {DEPLOYMENT_COLUMNS} FROM deployment"
+        "SELECT id, encoded, create_time FROM deployment"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY create_time DESC, id DESC LIMIT ?",
         [*params, limit + 1],
     )
-    page = [deployment_from_tuple(r) for r in rows[:limit]]
+    kept = rows[:limit]
+    by_id = _stored(sql, [(id_, encoded) for id_, encoded, _ in kept])
+    page = [by_id[id_] for id_, _, _ in kept]
     more = len(rows) > limit
-    return page, (PageKey(page[-1].create_time, page[-1].id) if more and page else None)
+    return page, (PageKey(kept[-1][2], kept[-1][0]) if more and kept else None)
 
 
 # Columns each table has for the Filters criteria (each also has a status: the

@@ -108,6 +108,11 @@ def define_models(database: pw.Database) -> Models:
         approval_id = pw.CharField(max_length=64, default="")
         override_reason = pw.TextField(default="")
         rule_violations = pw.TextField(default="")
+        # The deployment's protobuf encoding (versioner.v1.Deployment), written in
+        # the same statement as the columns above, so reads send stored bytes
+        # instead of converting field by field. NULL for rows written before
+        # migration 5 (or seeded without it): those are converted as before.
+        encoded = pw.BlobField(null=True)
 
         class Meta:
             indexes = (
@@ -366,6 +371,21 @@ def _v4_notifications(models: Models) -> None:
     models.SchemaMigration._meta.database.create_tables(models.notification_tables(), safe=True)
 
 
+def _v5_encoded_deployments(models: Models) -> None:
+    """Deployments keep their encoded protobuf beside their columns (DESIGN.md §9)."""
+    db = models.Deployment._meta.database
+    columns = {c.name for c in db.get_columns(models.Deployment._meta.table_name)}
+    if "encoded" not in columns:  # v1 may have created it already
+        migrator = SchemaMigrator.from_database(db)
+        migrate_schema(
+            migrator.add_column(
+                models.Deployment._meta.table_name,
+                "encoded",
+                models.Deployment._meta.fields["encoded"],
+            )
+        )
+
+
 # Append only: a migration, once released, is never edited. v1 creates tables
 # from the current models, so later steps check before they alter.
 MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
@@ -373,6 +393,7 @@ MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
     (2, _v2_recorded_by),
     (3, _v3_governance),
     (4, _v4_notifications),
+    (5, _v5_encoded_deployments),
 ]
 
 

@@ -15,12 +15,20 @@ from typing import Any
 
 import peewee as pw
 
-DEPLOYMENT_COLUMNS = (
-    "id, product, version, environment, environment_type, status, deployed_by, scm_branch, "
-    "scm_sha, build_url, metadata, create_time, update_time, start_time, end_time, "
-    "previous_version, is_rollback, scm_commit_time, approval_id, override_reason, "
-    "rule_violations"
-)
+DEPLOYMENT_FIELDS = (
+    "id", "product", "version", "environment", "environment_type", "status", "deployed_by",
+    "scm_branch", "scm_sha", "build_url", "metadata", "create_time", "update_time",
+    "start_time", "end_time", "previous_version", "is_rollback", "scm_commit_time",
+    "approval_id", "override_reason", "rule_violations",
+)  # fmt: skip
+"""The deployment table's columns as codec.deployment_tuple orders them (a test
+checks them against the Peewee model); the stored encoding is written beside them."""
+DEPLOYMENT_COLUMNS = ", ".join(DEPLOYMENT_FIELDS)
+
+
+def placeholders(count: int) -> str:
+    """`?, ?, ...` for `count` parameters, so no statement counts them by hand."""
+    return ", ".join("?" * count)
 
 
 Row = tuple[Any, ...]

@@ -17,16 +17,18 @@ from versioner_grpc.cache import LruCache
 from versioner_grpc.domain.filters import Filters, PageKey
 from versioner_grpc.domain.model import (
     Deployment,
-    EnvironmentState,
     EventInput,
     RecordResult,
+    Stored,
     StoredEvent,
+    StoredState,
 )
 from versioner_grpc.governance.approvals import Approval
 from versioner_grpc.governance.audit import AuditEntry
 from versioner_grpc.governance.rules import ApprovalPolicy, RuleSet, Target, Verdict
 from versioner_grpc.store import governance, reads
 from versioner_grpc.store.database import Database
+from versioner_grpc.store.events import Encoder
 from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notifications import NotificationStore
 from versioner_grpc.store.notify import PostgresListener
@@ -50,6 +52,8 @@ class Store:
         readers: int = 2,
         project_metrics: bool = True,
         timeout: float = 5.0,
+        read_cache: bool = True,
+        encode: Encoder | None = None,
     ) -> None:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous, timeout=timeout)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
@@ -57,7 +61,7 @@ class Store:
         self._listeners: list[PostgresListener] = []
         # GetCurrent and ListHistory answers, valid while the head revision is unchanged.
         self._answers: LruCache[Hashable, bytes] = LruCache(
-            READ_CACHE_ENTRIES, size=len, max_size=READ_CACHE_MAX_BYTES
+            READ_CACHE_ENTRIES if read_cache else 0, size=len, max_size=READ_CACHE_MAX_BYTES
         )
         self._metrics: LruCache[str, str] = LruCache(1)
         self.gate = Gate(RuleSet())
@@ -66,6 +70,7 @@ class Store:
             on_commit=self._committed,
             project_metrics=project_metrics,
             gate=self.gate,
+            encode=encode,
         )
         self.notifications = NotificationStore(self.database, self.writer)
 
@@ -158,7 +163,7 @@ class Store:
         self,
         product: str,
         environment: str,
-        encode: Callable[[list[EnvironmentState], int], bytes],
+        encode: Callable[[list[StoredState], int], bytes],
     ) -> bytes:
         """What runs where, as `encode(states, revision)` made it (cached per revision)."""
 
@@ -173,7 +178,7 @@ class Store:
         filters: Filters,
         after: PageKey | None,
         limit: int,
-        encode: Callable[[list[Deployment], PageKey | None, int], bytes],
+        encode: Callable[[list[Stored], PageKey | None, int], bytes],
     ) -> bytes:
         """A history page, as `encode(page, next_key, revision)` made it (cached per revision)."""
 
@@ -214,6 +219,11 @@ class Store:
 
         with self.database.db.connection_context():
             return self.database.call(run)
+
+    @property
+    def cached_answers(self) -> int:
+        """How many encoded read answers the cache holds (for tests and benchmarks)."""
+        return len(self._answers)
 
     # Governance --------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.store.database import Database, write_problem
-from versioner_grpc.store.events import apply_event
+from versioner_grpc.store.events import Encoder, apply_event
 from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notify import CHANNEL
 from versioner_grpc.store.reads import head_revision
@@ -59,9 +59,11 @@ class Writer:
         max_batch: int = 256,
         project_metrics: bool = True,
         gate: Gate | None = None,
+        encode: Encoder | None = None,
     ) -> None:
         self.database = database
         self.gate = gate
+        self.encode = encode
         self.project_metrics = project_metrics
         self.on_commit = on_commit
         self.max_batch = max_batch
@@ -199,6 +201,7 @@ class Writer:
                             revision,
                             project_metrics=self.project_metrics,
                             gate=self.gate,
+                            encode=self.encode,
                         )
                     except VersionerError as exc:
                         outcomes.append(exc)

@@ -21,6 +21,9 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const PROTO_DIR = path.resolve(here, '..', '..', '..', 'protos');
 const PROTO_FILE = 'versioner/v1/deployment_service.proto';
 
+// Events per watch message asked of the server: a busy store sends batches.
+const WATCH_BATCH = 500;
+
 // Watch streams ended with these codes are reopened from the last revision seen:
 // the server went away or restarted (UNAVAILABLE, or CANCELLED when the client
 // did not cancel), or dropped a watcher that fell behind (RESOURCE_EXHAUSTED).
@@ -215,14 +218,23 @@ export function createClient({ address, token, deadlineMs = 10_000, credentials,
     while (!closed) {
       const req = filterRequest(filters);
       if (revision !== null) req.after_revision = String(revision);
+      req.max_events_per_message = WATCH_BATCH;
       const call = stub.WatchDeployments(req, metadata());
       call.on('error', () => {}); // errors surface through the iterator below
       openStreams.add(call);
       try {
         for await (const message of call) {
-          revision = message.revision;
           backoffMs = 100;
-          if (message.kind === 'event') yield message.event;
+          const events = message.kind === 'event' ? [message.event] : message.events || [];
+          for (const event of events) {
+            // Never hand out a duplicate; resume after the last event handed out.
+            if (revision !== null && BigInt(event.revision) <= BigInt(revision)) continue;
+            revision = event.revision;
+            yield event;
+          }
+          if (revision === null || BigInt(message.revision) > BigInt(revision)) {
+            revision = message.revision;
+          }
         }
       } catch (err) {
         if (closed) return;

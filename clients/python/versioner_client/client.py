@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
@@ -39,6 +39,8 @@ from versioner_client.notifications import NotificationClient
 from versioner_client.statuses import parse_status
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Events per watch message asked of the server: a busy store sends batches.
+WATCH_BATCH = 500
 
 # Codes after which the same request may simply be sent again. For RecordEvent
 # this is only safe because the event_id stays the same across attempts.
@@ -292,6 +294,7 @@ class VersionerClient:
         *,
         idle_timeout: float | None = 60.0,
         on_reconnect: Callable[[VersionerError, float, int], None] | None = None,
+        max_events_per_message: int = WATCH_BATCH,
     ) -> Iterator[pb.Event]:
         """Deployment events in revision order, live, surviving reconnects.
 
@@ -307,6 +310,10 @@ class VersionerClient:
 
         Other errors are raised, e.g. ``PreconditionFailed`` with reason
         REVISION_COMPACTED: list the history, then watch from its revision.
+
+        The server is asked for up to ``max_events_per_message`` events per
+        message (fewer messages when many events arrive at once); events are
+        still handed out one at a time.
         """
         status_values = [parse_status(s) for s in statuses]
         reached = False
@@ -323,6 +330,7 @@ class VersionerClient:
                 environment_name=environment,
                 statuses=status_values,
                 after_revision=last,
+                max_events_per_message=max_events_per_message,
             )
             call = self._stub.WatchDeployments(request, metadata=self._metadata)
             watchdog = _IdleWatchdog(call, idle_timeout)
@@ -332,11 +340,11 @@ class VersionerClient:
                     watchdog.touch()
                     reached = True
                     failures = 0
-                    if response.revision <= last:
-                        continue  # already seen: never hand out a duplicate
-                    last = response.revision
-                    if response.HasField("event"):
-                        yield response.event
+                    for event in _events(response):
+                        if event.revision > last:  # never hand out a duplicate
+                            last = event.revision
+                            yield event
+                    last = max(last, response.revision)
                 error = Unavailable(grpc.StatusCode.UNAVAILABLE, "the server ended the stream")
             except grpc.RpcError as rpc_error:
                 if watchdog.fired:
@@ -447,6 +455,13 @@ class VersionerClient:
 
 class _Cancellable(Protocol):
     def cancel(self) -> bool: ...
+
+
+def _events(response: pb.WatchDeploymentsResponse) -> Sequence[pb.Event]:
+    """The events of one watch message, single or batched."""
+    if response.HasField("event"):
+        return (response.event,)
+    return response.events
 
 
 class _IdleWatchdog:

@@ -221,27 +221,31 @@ class ListHistoryResponse(_message.Message):
     def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchDeploymentsRequest(_message.Message):
-    __slots__ = ("product_name", "environment_name", "statuses", "after_revision")
+    __slots__ = ("product_name", "environment_name", "statuses", "after_revision", "max_events_per_message")
     PRODUCT_NAME_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     product_name: str
     environment_name: str
     statuses: _containers.RepeatedScalarFieldContainer[DeploymentStatus]
     after_revision: int
-    def __init__(self, product_name: _Optional[str] = ..., environment_name: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[DeploymentStatus, str]]] = ..., after_revision: _Optional[int] = ...) -> None: ...
+    max_events_per_message: int
+    def __init__(self, product_name: _Optional[str] = ..., environment_name: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[DeploymentStatus, str]]] = ..., after_revision: _Optional[int] = ..., max_events_per_message: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class WatchDeploymentsResponse(_message.Message):
-    __slots__ = ("revision", "event", "progress")
+    __slots__ = ("revision", "event", "progress", "events")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     event: Event
     progress: Progress
-    def __init__(self, revision: _Optional[int] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, revision: _Optional[int] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
