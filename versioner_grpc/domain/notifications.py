@@ -6,11 +6,15 @@ import enum
 import random
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from versioner_grpc.domain.errors import InvalidArgument
 from versioner_grpc.domain.model import Deployment, EnvironmentType, Status
+from versioner_grpc.governance import approvals as ap
+from versioner_grpc.governance import audit
+from versioner_grpc.governance.approvals import Approval
+from versioner_grpc.governance.audit import AuditEntry
 
 DEPLOYMENT_EVENT_TYPES = (
     "deployment.pending",
@@ -19,7 +23,7 @@ DEPLOYMENT_EVENT_TYPES = (
     "deployment.failed",
     "deployment.aborted",
 )
-# Written by the governance feature (its audit trail); accepted in filters now.
+# From governance's audit trail (see GOVERNANCE_KINDS for which entries).
 GOVERNANCE_EVENT_TYPES = (
     "deployment.blocked",
     "deployment.override",
@@ -87,13 +91,71 @@ class Subscription:
 
     def matches(self, kind: str, deployment: Deployment) -> bool:
         """Does an event of type `kind` about `deployment` pass the filters?"""
+        return self.matches_place(
+            kind, deployment.product, deployment.environment, deployment.environment_type
+        )
+
+    def matches_place(
+        self, kind: str, product: str, environment: str, environment_type: EnvironmentType
+    ) -> bool:
+        """The filters, for any event: its type and where it happens."""
         f = self.fields
         return (
             (not f.event_types or kind in f.event_types)
-            and (not f.products or deployment.product in f.products)
-            and (not f.environments or deployment.environment in f.environments)
-            and (not f.environment_types or deployment.environment_type in f.environment_types)
+            and (not f.products or product in f.products)
+            and (not f.environments or environment in f.environments)
+            and (not f.environment_types or environment_type in f.environment_types)
         )
+
+
+# Audit kinds that are notified, and their event types. Not notified: a single
+# decision (approval.decided: the request's outcome is), expiry, report-mode
+# violations and rules reloads (§7 lists no event type for them).
+GOVERNANCE_KINDS = {
+    audit.DEPLOYMENT_BLOCKED: "deployment.blocked",
+    audit.DEPLOYMENT_OVERRIDE: "deployment.override",
+    audit.APPROVAL_REQUESTED: "approval.requested",
+    audit.APPROVAL_APPROVED: "approval.approved",
+    audit.APPROVAL_REJECTED: "approval.rejected",
+}
+_APPROVAL_STATE = {
+    audit.APPROVAL_REQUESTED: ap.PENDING,
+    audit.APPROVAL_APPROVED: ap.APPROVED,
+    audit.APPROVAL_REJECTED: ap.REJECTED,
+}
+
+
+def after_revision(entry: AuditEntry) -> int:
+    """The event revision an audit entry follows in commit order (0: unknown, older entry)."""
+    value = entry.details.get("after_revision", 0)
+    return int(value) if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True)
+class GovernanceEvent:
+    """A notified audit entry with what its message shows.
+
+    `deployment` is the deployment an override let through (as of that event);
+    `approval` is the request as it stood when the entry was written.
+    """
+
+    kind: str  # the notification event type
+    entry: AuditEntry
+    environment_type: EnvironmentType = EnvironmentType.UNSPECIFIED
+    deployment: Deployment | None = None
+    approval: Approval | None = None
+
+    @property
+    def revision(self) -> int:
+        return after_revision(self.entry)
+
+
+def approval_as_of(approval: Approval, entry: AuditEntry) -> Approval:
+    """The request as an audit entry saw it: later decisions and states left out."""
+    state = _APPROVAL_STATE.get(entry.kind, approval.state)
+    decisions = tuple(d for d in approval.decisions if d.time <= entry.time)
+    update_time = min(approval.update_time, entry.time)
+    return replace(approval, state=state, decisions=decisions, update_time=update_time)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from versioner_grpc.store import governance, reads
 from versioner_grpc.store.database import Database
 from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notifications import NotificationStore
-from versioner_grpc.store.notify import PostgresListener
+from versioner_grpc.store.notify import CHANNEL, PostgresListener
 from versioner_grpc.store.reads import MetricRows
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
@@ -53,6 +53,7 @@ class Store:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
+        self._audit_subscribers: list[Callable[[], None]] = []
         self._listeners: list[PostgresListener] = []
         # GetCurrent and ListHistory answers, valid while the head revision is unchanged.
         self._answers: LruCache[Hashable, bytes] = LruCache(
@@ -65,6 +66,7 @@ class Store:
             on_commit=self._committed,
             project_metrics=project_metrics,
             gate=self.gate,
+            on_audit=self._audited,
         )
         self.notifications = NotificationStore(self)
 
@@ -101,6 +103,14 @@ class Store:
     def _committed(self, events: list[StoredEvent]) -> None:
         for callback in self._subscribers:
             callback(events)
+
+    def subscribe_audit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on a store thread) after a commit that may have added audit entries."""
+        self._audit_subscribers.append(callback)
+
+    def _audited(self) -> None:
+        for callback in self._audit_subscribers:
+            callback()
 
     def on_external_write(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` (on another thread) when another process may have written.
@@ -221,10 +231,15 @@ class Store:
         def run() -> T:
             with self.database.write_transaction():
                 self.database.lock_appends()
-                return change(self.database.sql)
+                result = change(self.database.sql)
+                if self.database.is_postgres:  # other replicas notify governance events too
+                    self.database.sql.run("SELECT pg_notify(?, ?)", (CHANNEL, "audit"))
+                return result
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.database.call, run)
+        result = await loop.run_in_executor(self._readers, self.database.call, run)
+        self._audited()
+        return result
 
     async def request_approval(
         self,
