@@ -378,7 +378,8 @@ def _v7_notify_audit_cursor(models: Models) -> None:
     columns = {c.name for c in db.get_columns(table)}
     if "audit_id" not in columns:  # v1 or v4 may have created it already
         migrator = SchemaMigrator.from_database(db)
-        migrate_schema(migrator.add_column(table, "audit_id", models.NotificationCursor.audit_id))
+        field = models.NotificationCursor._meta.fields["audit_id"]
+        migrate_schema(migrator.add_column(table, "audit_id", field))
     audit_table = models.AuditEntry._meta.table_name
     db.execute_sql(
         f"UPDATE {table} SET audit_id = (SELECT COALESCE(MAX(id), 0) FROM {audit_table})"
