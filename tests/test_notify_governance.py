@@ -19,10 +19,12 @@ from versioner.v1 import deployment_service_pb2 as pb
 from versioner.v1 import notification_service_pb2 as npb
 from versioner.v1 import notification_service_pb2_grpc as npb_grpc
 
+from tests.conftest import start_server
 from tests.governance_support import TIMEOUT, Governed, create_token, refused
 from tests.processes import ServerProcess
 from tests.receiver import Received, Receiver
 from tests.test_watch import record
+from versioner_grpc.store.database import Database
 
 SECRET = "governance-secret-123"
 STARTED = pb.DEPLOYMENT_STATUS_STARTED
@@ -263,3 +265,43 @@ def test_kill_9_loses_no_governance_notification_and_keeps_order(database_url, r
         server.stop()
         if restarted is not None:
             restarted.stop()
+
+
+def _downgrade_to_v4(url: str) -> None:
+    """The schema before migration 7: cursors without their audit id."""
+    database = Database(url)
+    with database.db.atomic():
+        database.db.execute_sql("ALTER TABLE notification_cursor DROP COLUMN audit_id")
+        database.db.execute_sql("DELETE FROM schema_migration WHERE version = 7")
+    database.close()
+
+
+def test_migration_7_starts_existing_subscriptions_at_the_audit_head(config, receiver, tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    fast = replace(config, allow_private_webhooks=True, rules_file=str(rules))
+    running = start_server(fast)
+    try:
+        refused(lambda: record(running.stub, product="shop", version="old", status=STARTED))
+        receiver.secrets["hook"] = SECRET
+        npb_grpc.NotificationServiceStub(running.channel).CreateSubscription(
+            npb.CreateSubscriptionRequest(
+                name="hook", url=receiver.url("hook"), secret=SECRET,
+                format=npb.NOTIFICATION_FORMAT_WEBHOOK,
+            ),
+            timeout=TIMEOUT,
+        )  # fmt: skip
+    finally:
+        running.stop()
+    _downgrade_to_v4(config.database_url)
+    upgraded = start_server(fast)
+    try:
+        columns = upgraded.server.store.database.db.get_columns("notification_cursor")
+        assert "audit_id" in {c.name for c in columns}
+        refused(lambda: record(upgraded.stub, product="shop", version="new", status=STARTED))
+        got = receiver.wait_for("hook", 1)
+        assert [(r.json["event_type"], r.json["version"]) for r in got] == [
+            ("deployment.blocked", "new")
+        ]
+    finally:
+        upgraded.stop()
