@@ -46,11 +46,11 @@ from versioner_grpc.domain.notifications import (
     Attempt,
     Delivery,
     DeliveryState,
-    GovernanceEvent,
     RetryPolicy,
     Subscription,
     event_type,
 )
+from versioner_grpc.governance.notices import GovernanceEvent
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.notifications import NotificationMetrics
 from versioner_grpc.notify import payloads

@@ -20,9 +20,9 @@ from versioner_grpc.domain.model import Deployment, Status, StoredEvent
 from versioner_grpc.domain.notifications import (
     TEST_EVENT_TYPE,
     Format,
-    GovernanceEvent,
     event_type,
 )
+from versioner_grpc.governance.notices import GovernanceEvent
 
 EMOJI = {
     "deployment.pending": ":hourglass_flowing_sand:",

@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import peewee as pw
 
@@ -27,24 +27,25 @@ from versioner_grpc.domain.errors import FailedPrecondition, NotFound
 from versioner_grpc.domain.filters import PageKey
 from versioner_grpc.domain.model import EnvironmentType, StoredEvent
 from versioner_grpc.domain.notifications import (
-    GOVERNANCE_KINDS,
     Attempt,
     Delivery,
     DeliveryState,
     Format,
-    GovernanceEvent,
     Subscription,
     SubscriptionFields,
-    after_revision,
-    approval_as_of,
 )
 from versioner_grpc.governance import audit
 from versioner_grpc.governance.audit import AuditEntry
+from versioner_grpc.governance.notices import (
+    GOVERNANCE_KINDS,
+    GovernanceEvent,
+    after_revision,
+    approval_as_of,
+)
 from versioner_grpc.store import governance, reads
+from versioner_grpc.store.database import Database
 from versioner_grpc.store.sql import Sql
-
-if TYPE_CHECKING:
-    from versioner_grpc.store.store import Store
+from versioner_grpc.store.writer import Writer
 
 T = TypeVar("T")
 # An attempt to log: (delivery id, attempt, the delivery's new state, next attempt time).
@@ -142,10 +143,17 @@ def _delivery(row: Any, attempts: Sequence[Any] = ()) -> Delivery:
     )
 
 
+class _Host(Protocol):
+    """What the notification tables need of the Store (no import of it: no cycle)."""
+
+    database: Database
+    writer: Writer
+
+
 class NotificationStore:
     """The notification questions and changes, as async methods."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: _Host) -> None:
         self._store = store
         self.database = store.database
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="versioner-notify")
@@ -536,7 +544,8 @@ class NotificationStore:
         """Per enabled subscription (by name): how long its oldest undelivered event waits.
 
         Runs on the scrape thread. Undelivered means a pending delivery, or an
-        event after the cursor not yet looked at; 0 when caught up.
+        event or notified audit entry after the cursors not yet looked at; 0
+        when caught up.
         """
         S, C, D = (
             self.m.NotificationSubscription,
@@ -547,7 +556,8 @@ class NotificationStore:
 
         def run() -> dict[str, float]:
             out: dict[str, float] = {}
-            cursors = {c.subscription_id: c.revision for c in C.select()}
+            cursors = {c.subscription_id: (c.revision, c.audit_id) for c in C.select()}
+            kinds = ", ".join("?" * len(GOVERNANCE_KINDS))
             for sub in S.select(S.id, S.name).where(S.enabled == True):  # noqa: E712
                 oldest = (
                     D.select(pw.fn.MIN(D.event_record_time))
@@ -560,11 +570,20 @@ class NotificationStore:
                     .scalar()
                 )
                 if oldest is None:
-                    oldest = sql.value(
-                        "SELECT record_time FROM event WHERE revision > ? "
-                        "ORDER BY revision LIMIT 1",
-                        (cursors.get(sub.id, 0),),
-                    )
+                    cursor = cursors.get(sub.id, (0, 0))
+                    waiting = [
+                        sql.value(
+                            "SELECT record_time FROM event WHERE revision > ? "
+                            "ORDER BY revision LIMIT 1",
+                            (cursor[0],),
+                        ),
+                        sql.value(
+                            f"SELECT time FROM audit_entry WHERE id > ? AND kind IN ({kinds}) "
+                            "ORDER BY id LIMIT 1",
+                            (cursor[1], *GOVERNANCE_KINDS),
+                        ),
+                    ]
+                    oldest = min((w for w in waiting if w is not None), default=None)
                 out[sub.name] = max(0.0, (now - oldest) / 1e6) if oldest else 0.0
             return out
 
