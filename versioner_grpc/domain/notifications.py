@@ -19,7 +19,7 @@ DEPLOYMENT_EVENT_TYPES = (
     "deployment.failed",
     "deployment.aborted",
 )
-# Written by the governance feature (its audit trail); accepted in filters now.
+# From governance's audit trail (see governance/notices.py for which entries).
 GOVERNANCE_EVENT_TYPES = (
     "deployment.blocked",
     "deployment.override",
@@ -87,12 +87,20 @@ class Subscription:
 
     def matches(self, kind: str, deployment: Deployment) -> bool:
         """Does an event of type `kind` about `deployment` pass the filters?"""
+        return self.matches_place(
+            kind, deployment.product, deployment.environment, deployment.environment_type
+        )
+
+    def matches_place(
+        self, kind: str, product: str, environment: str, environment_type: EnvironmentType
+    ) -> bool:
+        """The filters, for any event: its type and where it happens."""
         f = self.fields
         return (
             (not f.event_types or kind in f.event_types)
-            and (not f.products or deployment.product in f.products)
-            and (not f.environments or deployment.environment in f.environments)
-            and (not f.environment_types or deployment.environment_type in f.environment_types)
+            and (not f.products or product in f.products)
+            and (not f.environments or environment in f.environments)
+            and (not f.environment_types or environment_type in f.environment_types)
         )
 
 

@@ -7,6 +7,8 @@ PostgreSQL). A consumer (the notification feature, a compliance export) can
 therefore keep the last id it processed and page `ListAudit` (or read
 `audit_entry WHERE id > ?` through the store) from there without missing an
 entry that commits later with a smaller id. Nothing updates or deletes entries.
+Every entry's details carry `after_revision`, the newest event revision when it
+was written: the notification engine sends it after that event, before the next.
 
 Kinds (the `kind` column, also the filter values of ListAudit):
   approval.requested  an approval request was opened (principal: the requester)

@@ -18,10 +18,12 @@ Wake-ups: this replica's commits (Store.subscribe, on the writer thread, hopped
 to the loop thread-safely), PostgreSQL NOTIFY for other replicas' commits, and
 a poll as a safety net.
 
-Event sources: today the event log (deployment events). The engine only needs
-"events after revision N" and a renderer per subscription (see
-NotificationStore.enqueue); a second source, such as governance's audit trail,
-plugs in by sharing the revision sequence or by adding its own cursor column.
+Event sources: the event log (deployment events, cursor: a revision) and
+governance's audit trail (blocked attempts, overrides, approval requests and
+outcomes; cursor: an audit id), interleaved in commit order (see
+NotificationStore.enqueue), both moved in the transaction that queues their
+deliveries. Governance writes wake delivery like event commits do
+(Store.subscribe_audit).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from versioner_grpc.domain.notifications import (
     Subscription,
     event_type,
 )
+from versioner_grpc.governance.notices import GovernanceEvent
 from versioner_grpc.logs import fields
 from versioner_grpc.metrics.notifications import NotificationMetrics
 from versioner_grpc.notify import payloads
@@ -65,8 +68,15 @@ MAX_DEFER = 0.2  # seconds a delivery step waits at most for queued RecordEvents
 DEFER_STEP = 0.002
 
 
-def _renderer(sub: Subscription) -> Callable[[StoredEvent, str], tuple[str, str] | None]:
-    def render(event: StoredEvent, delivery_id: str) -> tuple[str, str] | None:
+def _renderer(
+    sub: Subscription,
+) -> Callable[[StoredEvent | GovernanceEvent, str], tuple[str, str] | None]:
+    def render(event: StoredEvent | GovernanceEvent, delivery_id: str) -> tuple[str, str] | None:
+        if isinstance(event, GovernanceEvent):
+            e = event.entry
+            if not sub.matches_place(event.kind, e.product, e.environment, event.environment_type):
+                return None
+            return payloads.render_governance(sub.fields.format, event)
         if not sub.matches(event_type(event.status), event.deployment):
             return None
         return payloads.render_event(sub.fields.format, event)
@@ -117,6 +127,7 @@ class NotificationEngine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.store.subscribe(self._committed)
+        self.store.subscribe_audit(self._poke)
         self._tasks = [
             asyncio.create_task(self._manage(), name="notify-manage"),
             asyncio.create_task(self._prune(), name="notify-prune"),

@@ -15,9 +15,14 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from versioner_grpc import convert
+from versioner_grpc import convert, convert_governance
 from versioner_grpc.domain.model import Deployment, Status, StoredEvent
-from versioner_grpc.domain.notifications import TEST_EVENT_TYPE, Format, event_type
+from versioner_grpc.domain.notifications import (
+    TEST_EVENT_TYPE,
+    Format,
+    event_type,
+)
+from versioner_grpc.governance.notices import GovernanceEvent
 
 EMOJI = {
     "deployment.pending": ":hourglass_flowing_sand:",
@@ -25,11 +30,11 @@ EMOJI = {
     "deployment.completed": ":white_check_mark:",
     "deployment.failed": ":x:",
     "deployment.aborted": ":no_entry_sign:",
-    "deployment.blocked": ":no_entry:",
+    "deployment.blocked": ":no_entry_sign:",
     "deployment.override": ":warning:",
-    "approval.requested": ":raising_hand:",
-    "approval.approved": ":thumbsup:",
-    "approval.rejected": ":thumbsdown:",
+    "approval.requested": ":closed_lock_with_key:",
+    "approval.approved": ":white_check_mark:",
+    "approval.rejected": ":x:",
     TEST_EVENT_TYPE: ":wave:",
 }
 VERB = {
@@ -120,6 +125,109 @@ def render(fmt: Format, kind: str, revision: int, occurred_at: int, d: Deploymen
 def render_event(fmt: Format, event: StoredEvent) -> tuple[str, str]:
     kind = event_type(event.status)
     return kind, render(fmt, kind, event.revision, event.event_time, event.deployment)
+
+
+def _proto_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def governance_webhook_body(g: GovernanceEvent) -> dict[str, Any]:
+    """Versioner's fields for a governance event, plus what it is about.
+
+    `deployment`: the deployment an override let through; for a blocked
+    attempt, what was attempted (no deployment exists). `rule`: the blocking
+    rule, or the rules an override passed. `approval`: the whole request
+    (proto JSON mapping) as it stood at that moment, for approval events.
+    """
+    e, d, details = g.entry, g.deployment, g.entry.details
+    body: dict[str, Any] = {
+        "id": d.id if d else (e.deployment_id or e.approval_id),
+        "event_type": g.kind,
+        "deployed_at": rfc3339(e.time),
+        "environment": e.environment,
+        "is_successful": is_successful(g.kind),
+        "deployer": (d.deployed_by if d else details.get("deployed_by")) or e.principal or None,
+        "product_name": e.product,
+        "version": e.version,
+        "commit_sha": d.scm_sha if d else None,
+        "source_url": d.build_url if d else None,
+        "revision": g.revision,
+        "audit_id": e.id,
+        "occurred_at": rfc3339(e.time),
+        "principal": e.principal,
+    }
+    if d is not None:
+        body["deployment"] = _proto_json(convert.deployment(d))
+    elif g.kind == "deployment.blocked":
+        body["deployment"] = {
+            "id": e.deployment_id,
+            "product_name": e.product,
+            "version": e.version,
+            "environment_name": e.environment,
+            "environment_type": f"ENVIRONMENT_TYPE_{g.environment_type.name}",
+            "status": f"DEPLOYMENT_STATUS_{details.get('status', 'UNSPECIFIED')}",
+            "deployed_by": details.get("deployed_by", ""),
+            "event_id": details.get("event_id", ""),
+        }
+    if g.kind == "deployment.blocked":
+        body["rule"] = {
+            "name": e.rule_name,
+            "reason": details.get("reason", ""),
+            "message": details.get("message", ""),
+            "metadata": details.get("metadata", {}),
+        }
+    elif g.kind == "deployment.override":
+        body["override_reason"] = details.get("override_reason", "")
+        body["rule"] = {"name": e.rule_name}
+        body["violations"] = details.get("violations", [])
+    if g.approval is not None:
+        body["approval"] = _proto_json(convert_governance.approval(g.approval, e.time))
+    elif e.approval_id:
+        body["approval"] = {"id": e.approval_id}
+    return body
+
+
+def governance_slack_body(g: GovernanceEvent) -> dict[str, Any]:
+    """One readable line per governance event, with the rule or the approval id."""
+    e, details = g.entry, g.entry.details
+    emoji = EMOJI.get(g.kind, ":bell:")
+    what = f"*{e.product}* `{e.version}` in *{e.environment}*"
+    if g.kind == "deployment.blocked":
+        who = details.get("deployed_by") or e.principal
+        line = f"{emoji} {what} blocked by rule *{e.rule_name}*"
+        if details.get("message"):
+            line += f": {details['message']}"
+        if who:
+            line += f" (attempted by {who})"
+    elif g.kind == "deployment.override":
+        line = f"{emoji} {what}: override by {e.principal or 'unknown'}"
+        line += f": {details.get('override_reason', '')} (rule *{e.rule_name}* not satisfied)"
+    else:
+        verb = {
+            "approval.requested": "approval requested",
+            "approval.approved": "approved",
+            "approval.rejected": "rejected",
+        }[g.kind]
+        line = f"{emoji} {what}: {verb}"
+        comment = g.approval.reason if g.approval and g.kind == "approval.requested" else ""
+        if g.approval and g.kind != "approval.requested":
+            comment = next(
+                (d.comment for d in reversed(g.approval.decisions) if d.principal == e.principal),
+                "",
+            )
+        line += f" by {e.principal}" if e.principal else ""
+        line += f": {comment}" if comment else ""
+        line += f" (approval `{e.approval_id}`)"
+    plain = line.replace("*", "").replace("`", "")
+    return {
+        "text": plain,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": line}}],
+    }
+
+
+def render_governance(fmt: Format, g: GovernanceEvent) -> tuple[str, str]:
+    body = governance_slack_body(g) if fmt is Format.SLACK else governance_webhook_body(g)
+    return g.kind, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def test_deployment(now: int) -> Deployment:

@@ -36,6 +36,7 @@ from versioner_grpc.governance.rules import (
     Target,
     Verdict,
 )
+from versioner_grpc.store.reads import head_revision
 from versioner_grpc.store.sql import Sql
 
 _APPROVAL_COLUMNS = (
@@ -203,12 +204,18 @@ def insert_audit(
     rule_name: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Append one entry; call only inside a transaction holding the append lock."""
+    """Append one entry; call only inside a transaction holding the append lock.
+
+    `details.after_revision` is the newest event revision when the entry was
+    written (under the same lock): the entry sits between that event and the
+    next one, which is how notifications interleave the two logs in commit order.
+    """
+    details = {**(details or {}), "after_revision": head_revision(sql)}
     sql.run(
         "INSERT INTO audit_entry (time, kind, principal, product, version, environment, "
         "approval_id, deployment_id, rule_name, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (now, kind, principal, product, version, environment, approval_id, deployment_id,
-         rule_name, json.dumps(details or {}, separators=(",", ":"), sort_keys=True)),
+         rule_name, json.dumps(details, separators=(",", ":"), sort_keys=True)),
     )  # fmt: skip
 
 

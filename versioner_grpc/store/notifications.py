@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import peewee as pw
 
+from versioner_grpc.domain.environments import environment_type
 from versioner_grpc.domain.errors import FailedPrecondition, NotFound
 from versioner_grpc.domain.filters import PageKey
 from versioner_grpc.domain.model import EnvironmentType, StoredEvent
@@ -33,7 +34,16 @@ from versioner_grpc.domain.notifications import (
     Subscription,
     SubscriptionFields,
 )
-from versioner_grpc.store import reads
+from versioner_grpc.governance import audit
+from versioner_grpc.governance.audit import AuditEntry
+from versioner_grpc.governance.notices import (
+    GOVERNANCE_KINDS,
+    GovernanceEvent,
+    after_revision,
+    approval_as_of,
+)
+from versioner_grpc.store import governance, reads
+from versioner_grpc.store.sql import Sql
 
 if TYPE_CHECKING:
     from versioner_grpc.store.database import Database
@@ -43,7 +53,36 @@ T = TypeVar("T")
 # An attempt to log: (delivery id, attempt, the delivery's new state, next attempt time).
 Settled = tuple[str, Attempt, DeliveryState, int]
 # render(event) -> (event type, body) for a subscription, or None when filtered out.
-Render = Callable[[StoredEvent, str], tuple[str, str] | None]
+Render = Callable[[StoredEvent | GovernanceEvent, str], tuple[str, str] | None]
+
+
+def audit_head(sql: Sql) -> int:
+    """The newest audit entry id (0 for none)."""
+    return int(sql.value("SELECT id FROM audit_entry ORDER BY id DESC LIMIT 1") or 0)
+
+
+def governance_event(sql: Sql, entry: AuditEntry) -> GovernanceEvent | None:
+    """What a notified audit entry shows, read as of that entry; None for other kinds."""
+    kind = GOVERNANCE_KINDS.get(entry.kind)
+    if kind is None:
+        return None
+    if entry.kind in (audit.DEPLOYMENT_BLOCKED, audit.DEPLOYMENT_OVERRIDE):
+        env_type = environment_type(entry.environment)
+        deployment = None
+        if entry.kind == audit.DEPLOYMENT_OVERRIDE:
+            # The overridden event is the next one in the log (same transaction).
+            following = reads.events_after(sql, after_revision(entry), 1)
+            if following and following[0].event_id == entry.details.get("event_id"):
+                deployment = following[0].deployment
+                env_type = deployment.environment_type
+        return GovernanceEvent(kind, entry, env_type, deployment=deployment)
+    approval = governance.get_approval(sql, entry.approval_id)
+    return GovernanceEvent(
+        kind,
+        entry,
+        environment_type(entry.environment),
+        approval=approval_as_of(approval, entry) if approval is not None else None,
+    )
 
 
 class LeaseLost(Exception):
@@ -155,8 +194,10 @@ class NotificationStore:
             m.NotificationSubscription.create(
                 id=sid, secret=sealed_secret, create_time=now, update_time=now, **_columns(f)
             )
-            head = reads.head_revision(self.database.sql)
-            m.NotificationCursor.create(subscription_id=sid, revision=head)
+            sql = self.database.sql
+            m.NotificationCursor.create(
+                subscription_id=sid, revision=reads.head_revision(sql), audit_id=audit_head(sql)
+            )
             return self._get(sid)
 
         return await self._run(run)
@@ -196,8 +237,10 @@ class NotificationStore:
                 values["secret"] = sealed_secret
             S.update(**values).where(S.id == sid).execute()
             if f.enabled and not before.fields.enabled:
-                head = reads.head_revision(self.database.sql)
-                C.update(revision=head).where(C.subscription_id == sid).execute()
+                sql = self.database.sql
+                C.update(revision=reads.head_revision(sql), audit_id=audit_head(sql)).where(
+                    C.subscription_id == sid
+                ).execute()
             return self._get(sid)
 
         return await self._run(run)
@@ -270,43 +313,78 @@ class NotificationStore:
     async def enqueue(
         self, sid: str, holder: str, now: int, limit: int, render: Render
     ) -> tuple[int, int]:
-        """Turn the events after the cursor into pending deliveries, and move the cursor.
+        """Turn what happened after the cursors into pending deliveries, and move them.
 
-        Returns (deliveries created, events read). Both happen in one transaction,
-        so a crash either keeps the cursor and repeats nothing, or keeps both.
+        Two sources, two cursors: the event log (revision) and governance's
+        audit trail (audit id). They interleave in commit order: an audit entry
+        goes right after the event revision it records as `after_revision`
+        (both are written under the append lock), before the next event.
+        Returns (deliveries created, items read). Everything happens in one
+        transaction, so a crash either keeps the cursors and repeats nothing,
+        or keeps both.
         """
         D, C = self.m.NotificationDelivery, self.m.NotificationCursor
 
         def run() -> tuple[int, int]:
+            sql = self.database.sql
             cursor = self._fence(sid, holder, now)
+            audit_cursor = int(
+                sql.value(
+                    "SELECT audit_id FROM notification_cursor WHERE subscription_id = ?", (sid,)
+                )
+                or 0
+            )
             # Only as far as the events read: the head read in a later statement
             # (another snapshot, under READ COMMITTED) could be past an event
             # committed in between, and the cursor would skip it.
-            events = reads.events_after(self.database.sql, cursor, limit)
+            events = reads.events_after(sql, cursor, limit)
+            entries, _ = governance.list_audit(
+                sql, since=None, until=None, principal="", kinds=(), after_id=audit_cursor,
+                limit=limit,
+            )  # fmt: skip
+            if len(entries) == limit:  # more may follow: no event past the last entry read
+                bound = after_revision(entries[-1])
+                events = [e for e in events if e.revision <= bound]
             covered = events[-1].revision if events else cursor
+            # A prefix (after_revision grows with the id): entries that follow
+            # events not read yet wait for them.
+            entries = [e for e in entries if after_revision(e) <= covered]
+            audit_covered = entries[-1].id if entries else audit_cursor
+            items: list[tuple[tuple[int, int, int], StoredEvent | GovernanceEvent]] = [
+                ((e.revision, 0, 0), e) for e in events
+            ]
+            for entry in entries:
+                gov = governance_event(sql, entry)
+                if gov is not None:
+                    items.append(((after_revision(entry), 1, entry.id), gov))
+            items.sort(key=lambda item: item[0])
             created = 0
-            for event in events:
+            for _, item in items:
                 delivery_id = uuid.uuid4().hex
-                rendered = render(event, delivery_id)
+                rendered = render(item, delivery_id)
                 if rendered is None:
                     continue
                 kind, body = rendered
                 D.create(
                     id=delivery_id,
                     subscription_id=sid,
-                    revision=event.revision,
+                    revision=item.revision,
                     event_type=kind,
                     body=body,
                     state=int(DeliveryState.PENDING),
                     create_time=now,
                     update_time=now,
                     next_attempt_time=now,
-                    event_record_time=event.record_time,
+                    event_record_time=(
+                        item.record_time if isinstance(item, StoredEvent) else item.entry.time
+                    ),
                 )
                 created += 1
-            if covered > cursor:
-                C.update(revision=covered).where(C.subscription_id == sid).execute()
-            return created, len(events)
+            if covered > cursor or audit_covered > audit_cursor:
+                C.update(revision=covered, audit_id=audit_covered).where(
+                    C.subscription_id == sid
+                ).execute()
+            return created, len(events) + len(entries)
 
         return await self._run(run)
 
@@ -461,7 +539,8 @@ class NotificationStore:
         """Per enabled subscription (by name): how long its oldest undelivered event waits.
 
         Runs on the scrape thread. Undelivered means a pending delivery, or an
-        event after the cursor not yet looked at; 0 when caught up.
+        event or notified audit entry after the cursors not yet looked at; 0
+        when caught up.
         """
         S, C, D = (
             self.m.NotificationSubscription,
@@ -472,7 +551,8 @@ class NotificationStore:
 
         def run() -> dict[str, float]:
             out: dict[str, float] = {}
-            cursors = {c.subscription_id: c.revision for c in C.select()}
+            cursors = {c.subscription_id: (c.revision, c.audit_id) for c in C.select()}
+            kinds = ", ".join("?" * len(GOVERNANCE_KINDS))
             for sub in S.select(S.id, S.name).where(S.enabled == True):  # noqa: E712
                 oldest = (
                     D.select(pw.fn.MIN(D.event_record_time))
@@ -485,11 +565,20 @@ class NotificationStore:
                     .scalar()
                 )
                 if oldest is None:
-                    oldest = sql.value(
-                        "SELECT record_time FROM event WHERE revision > ? "
-                        "ORDER BY revision LIMIT 1",
-                        (cursors.get(sub.id, 0),),
-                    )
+                    cursor = cursors.get(sub.id, (0, 0))
+                    waiting = [
+                        sql.value(
+                            "SELECT record_time FROM event WHERE revision > ? "
+                            "ORDER BY revision LIMIT 1",
+                            (cursor[0],),
+                        ),
+                        sql.value(
+                            f"SELECT time FROM audit_entry WHERE id > ? AND kind IN ({kinds}) "
+                            "ORDER BY id LIMIT 1",
+                            (cursor[1], *GOVERNANCE_KINDS),
+                        ),
+                    ]
+                    oldest = min((w for w in waiting if w is not None), default=None)
                 out[sub.name] = max(0.0, (now - oldest) / 1e6) if oldest else 0.0
             return out
 

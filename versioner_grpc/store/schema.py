@@ -280,6 +280,8 @@ def define_models(database: pw.Database) -> Models:
         revision = pw.BigIntegerField()
         lease_holder = pw.CharField(max_length=64, default="")
         lease_until = pw.BigIntegerField(default=0)
+        # The second source: the last audit_entry id handed to delivery.
+        audit_id = pw.BigIntegerField(default=0)
 
     class NotificationDelivery(Base):
         """One event for one subscription; `seq` is the order they are sent in."""
@@ -386,6 +388,24 @@ def _v5_encoded_deployments(models: Models) -> None:
         )
 
 
+def _v7_notify_audit_cursor(models: Models) -> None:
+    """Each subscription's cursor in the audit trail (governance notifications).
+
+    Existing subscriptions start at the audit trail's head, as a new one would.
+    """
+    db = models.NotificationCursor._meta.database
+    table = models.NotificationCursor._meta.table_name
+    columns = {c.name for c in db.get_columns(table)}
+    if "audit_id" not in columns:  # v1 or v4 may have created it already
+        migrator = SchemaMigrator.from_database(db)
+        field = models.NotificationCursor._meta.fields["audit_id"]
+        migrate_schema(migrator.add_column(table, "audit_id", field))
+    audit_table = models.AuditEntry._meta.table_name
+    db.execute_sql(
+        f"UPDATE {table} SET audit_id = (SELECT COALESCE(MAX(id), 0) FROM {audit_table})"
+    )
+
+
 # Append only: a migration, once released, is never edited. v1 creates tables
 # from the current models, so later steps check before they alter.
 MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
@@ -394,6 +414,7 @@ MIGRATIONS: list[tuple[int, Callable[[Models], None]]] = [
     (3, _v3_governance),
     (4, _v4_notifications),
     (5, _v5_encoded_deployments),
+    (7, _v7_notify_audit_cursor),  # 5 and 6 are reserved for other work
 ]
 
 

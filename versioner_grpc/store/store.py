@@ -31,7 +31,7 @@ from versioner_grpc.store.database import Database
 from versioner_grpc.store.events import Encoder
 from versioner_grpc.store.governance import Gate
 from versioner_grpc.store.notifications import NotificationStore
-from versioner_grpc.store.notify import PostgresListener
+from versioner_grpc.store.notify import CHANNEL, PostgresListener
 from versioner_grpc.store.reads import MetricRows
 from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.writer import Writer
@@ -58,6 +58,7 @@ class Store:
         self.database = Database(url, sqlite_synchronous=sqlite_synchronous, timeout=timeout)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="versioner-read")
         self._subscribers: list[Callable[[list[StoredEvent]], None]] = []
+        self._audit_subscribers: list[Callable[[], None]] = []
         self._listeners: list[PostgresListener] = []
         # GetCurrent and ListHistory answers, valid while the head revision is unchanged.
         self._answers: LruCache[Hashable, bytes] = LruCache(
@@ -71,6 +72,7 @@ class Store:
             project_metrics=project_metrics,
             gate=self.gate,
             encode=encode,
+            on_audit=self._audited,
         )
         self.notifications = NotificationStore(self.database, self.writer)
 
@@ -108,6 +110,14 @@ class Store:
     def _committed(self, events: list[StoredEvent]) -> None:
         for callback in self._subscribers:
             callback(events)
+
+    def subscribe_audit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on a store thread) after a commit that may have added audit entries."""
+        self._audit_subscribers.append(callback)
+
+    def _audited(self) -> None:
+        for callback in self._audit_subscribers:
+            callback()
 
     def on_external_write(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` (on another thread) when another process may have written.
@@ -238,10 +248,15 @@ class Store:
         def run() -> T:
             with self.database.write_transaction():
                 self.database.lock_appends()
-                return change(self.database.sql)
+                result = change(self.database.sql)
+                if self.database.is_postgres:  # other replicas notify governance events too
+                    self.database.sql.run("SELECT pg_notify(?, ?)", (CHANNEL, "audit"))
+                return result
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.database.call, run)
+        result = await loop.run_in_executor(self._readers, self.database.call, run)
+        self._audited()
+        return result
 
     async def request_approval(
         self,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from versioner_grpc.domain.clock import now_us
-from versioner_grpc.domain.errors import Unavailable, VersionerError
+from versioner_grpc.domain.errors import FailedPrecondition, Unavailable, VersionerError
 from versioner_grpc.domain.model import EventInput, RecordResult, StoredEvent
 from versioner_grpc.store.database import Database, write_problem
 from versioner_grpc.store.events import Encoder, apply_event
@@ -60,8 +60,10 @@ class Writer:
         project_metrics: bool = True,
         gate: Gate | None = None,
         encode: Encoder | None = None,
+        on_audit: Callable[[], None] = lambda: None,
     ) -> None:
         self.database = database
+        self.on_audit = on_audit  # after a commit that refused events (audited when governed)
         self.gate = gate
         self.encode = encode
         self.project_metrics = project_metrics
@@ -210,7 +212,8 @@ class Writer:
                     if not result.duplicate:
                         stored.append(result.event)
                         revision += 1
-                if stored and db.is_postgres:
+                refused = any(isinstance(o, FailedPrecondition) for o in outcomes)
+                if (stored or refused) and db.is_postgres:
                     db.sql.run("SELECT pg_notify(?, ?)", (CHANNEL, str(revision - 1)))
 
         try:
@@ -238,6 +241,11 @@ class Writer:
                 self.on_commit(stored)
             except Exception:
                 log.exception("publishing committed events failed")
+        if any(isinstance(o, FailedPrecondition) for o in outcomes):
+            try:
+                self.on_audit()
+            except Exception:
+                log.exception("publishing refused events failed")
 
 
 @dataclass
