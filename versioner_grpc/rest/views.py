@@ -14,6 +14,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from versioner.v1 import deployment_service_pb2 as pb
 
+from versioner_grpc.rest import messages
+
 
 def status_word(status: int) -> str:
     return str(pb.DeploymentStatus.Name(status)).removeprefix("DEPLOYMENT_STATUS_").lower()
@@ -68,6 +70,9 @@ def deployment(d: pb.Deployment) -> dict[str, Any]:
         "previous_version": d.previous_version,
         "is_rollback": d.is_rollback,
         "scm_commit_time": _time(d, "scm_commit_time"),
+        "approval_id": d.approval_id,
+        "override_reason": d.override_reason,
+        "rule_violations": [messages.view(v) for v in d.rule_violations],
     }
 
 

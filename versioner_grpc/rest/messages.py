@@ -1,0 +1,78 @@
+"""Protobuf messages ↔ the HTTP API's JSON for the governance and notification routes.
+
+Field names are the proto field names; enums are lower-case words without their
+type's prefix (`APPROVAL_STATE_PENDING` → `pending`), as the deployment views do;
+times are RFC 3339 (null when unset), durations seconds. Driven by the message
+descriptors, so a field added to the protos shows up here without a second list.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from versioner_grpc.domain.errors import invalid
+
+_TIMESTAMP = "google.protobuf.Timestamp"
+_DURATION = "google.protobuf.Duration"
+_STRUCT = "google.protobuf.Struct"
+
+
+def _prefix(enum: EnumDescriptor) -> str:
+    """ApprovalState → APPROVAL_STATE_ (the values' common prefix by the style guide)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+
+
+def enum_word(enum: EnumDescriptor, number: int) -> str:
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return str(number)
+    return value.name.removeprefix(_prefix(enum)).lower()
+
+
+def enum_number(enum: EnumDescriptor, field: str, word: str) -> int:
+    """`pending` (or `APPROVAL_STATE_PENDING`) → its number; 422 naming `field` otherwise."""
+    name = word.strip().upper()
+    value = enum.values_by_name.get(name) or enum.values_by_name.get(_prefix(enum) + name)
+    if value is None or value.number == 0:
+        words = [enum_word(enum, v.number) for v in enum.values if v.number != 0]
+        raise invalid(field, f"unknown value {word!r}; expected one of {', '.join(words)}")
+    return int(value.number)
+
+
+def _value(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return enum_word(field.enum_type, value)
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        return value
+    name = field.message_type.full_name
+    if name == _TIMESTAMP:
+        text: str = value.ToJsonString()
+        return text
+    if name == _DURATION:
+        seconds: float = value.ToTimedelta().total_seconds()
+        return seconds
+    if name == _STRUCT:
+        return json_format.MessageToDict(value)
+    return view(value)
+
+
+def view(message: Message) -> dict[str, Any]:
+    """Every field of `message` (unset messages as null, empty lists as [])."""
+    out: dict[str, Any] = {}
+    descriptor: Any = message.DESCRIPTOR  # the C and Python descriptors type differently
+    for field in descriptor.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[field.name] = dict(value)
+        elif field.is_repeated:
+            out[field.name] = [_value(field, v) for v in value]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
+            out[field.name] = None
+        else:
+            out[field.name] = _value(field, value)
+    return out
