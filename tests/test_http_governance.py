@@ -279,6 +279,7 @@ def test_audit_lists_the_trail_filtered_by_kind_and_principal_with_pages(http):
     assert ids == sorted(ids)  # oldest first
     approved = http.get("ci", "/audit/", params={"kind": "approval.approved"}).json()
     assert [e["approval_id"] for e in approved["entries"]] == [approval["id"]]
+    assert approved["entries"][0]["details"]["required_approvals"] == 1  # not 1.0
     by_bob = http.get("ci", "/audit/", params={"principal": "bob"}).json()["entries"]
     assert by_bob and all(e["principal"] == "bob" for e in by_bob)
     first = http.get("ci", "/audit/", params={"limit": 1}).json()

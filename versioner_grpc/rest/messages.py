@@ -44,6 +44,17 @@ def enum_number(enum: EnumDescriptor, field: str, word: str) -> int:
     return int(value.number)
 
 
+def whole(value: Any) -> Any:
+    """Struct numbers are doubles: give 5.0 back as 5, as the client sent it."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole(v) for v in value]
+    return value
+
+
 def _value(field: Any, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM:
         return enum_word(field.enum_type, value)
@@ -57,7 +68,7 @@ def _value(field: Any, value: Any) -> Any:
         seconds: float = value.ToTimedelta().total_seconds()
         return seconds
     if name == _STRUCT:
-        return json_format.MessageToDict(value)
+        return whole(json_format.MessageToDict(value))
     return view(value)
 
 

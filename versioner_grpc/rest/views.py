@@ -32,17 +32,6 @@ def _time(message: Message, field: str) -> str | None:
     return value
 
 
-def _whole(value: Any) -> Any:
-    """Struct numbers are doubles: give 5.0 back as 5, as the client sent it."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    return value
-
-
 def deployment(d: pb.Deployment) -> dict[str, Any]:
     start, create = _time(d, "start_time"), _time(d, "create_time")
     return {
@@ -57,7 +46,7 @@ def deployment(d: pb.Deployment) -> dict[str, Any]:
         "scm_sha": d.scm_sha,
         "build_url": d.build_url,
         "deploy_url": d.build_url,
-        "extra_metadata": _whole(json_format.MessageToDict(d.extra_metadata)),
+        "extra_metadata": messages.whole(json_format.MessageToDict(d.extra_metadata)),
         "deployed_at": start or create,
         "completed_at": _time(d, "end_time"),
         "create_time": create,
