@@ -17,6 +17,7 @@ from versioner.v1 import governance_service_pb2 as gpb
 
 from tests.governance_support import Governed
 from tests.test_governance_enforce import FLOW, FREEZE_NOW
+from versioner_grpc.rest import governance as routes
 
 TIMEOUT = 10.0
 APPROVAL_RULE = """
@@ -118,6 +119,21 @@ def test_full_approval_flow_over_http_only(http):
     shown = http.get("ci", f"/deployments/{started.json()['id']}")
     assert shown.json()["approval_id"] == approval["id"]
     assert [d.approval_id for d in http.governed.history()] == [approval["id"]]
+
+
+def test_answers_match_the_models_in_the_openapi_document(http):
+    """The documented schemas are built from the protos: real answers must fit them."""
+    routes.REQUESTED.model_validate(opened := http.post("ci", "/approvals/", TRIPLE).json())
+    approval_id = opened["approval"]["id"]
+    routes.APPROVAL.model_validate(http.post("bob", f"/approvals/{approval_id}/approve").json())
+    routes.APPROVAL.model_validate(http.get("ci", f"/approvals/{approval_id}").json())
+    routes.APPROVAL_PAGE.model_validate(http.get("ci", "/approvals/").json())
+    routes.CHECK.model_validate(http.get("ci", "/rules/check", params=TRIPLE).json())
+    audit = http.get("ci", "/audit/").json()
+    assert audit["entries"]
+    routes.AUDIT_PAGE.model_validate(audit)
+    schemas = http.get(None, "/openapi.json").json()["components"]["schemas"]
+    assert {"Approval", "ApprovalDecision", "CheckRulesResponse", "AuditPage"} <= set(schemas)
 
 
 def test_approve_and_reject_refuse_self_approval_and_a_decided_request_with_409(http):

@@ -19,6 +19,7 @@ from tests.conftest import RunningServer, start_server
 from tests.governance_support import create_token
 from tests.receiver import Receiver
 from tests.test_server_process import wait_until
+from versioner_grpc.rest import notifications as routes
 
 TIMEOUT = 10.0
 SECRET = "s3cret-s3cret-s3cret"
@@ -101,9 +102,11 @@ def test_subscription_lifecycle_over_http_and_the_secret_is_never_returned(http,
     assert sub["format"] == "webhook" and sub["has_secret"] is True and sub["enabled"] is True
     assert sub["products"] == ["shop"] and sub["environment_types"] == ["production"]
     assert "secret" not in sub
+    routes.SUBSCRIPTION.model_validate(sub)  # the documented schema, built from the protos
     listed = http.call("reader", "GET", "/subscriptions/")
     assert [s["id"] for s in listed.json()["subscriptions"]] == [sub["id"]]
     assert SECRET not in listed.text
+    routes.SUBSCRIPTIONS.model_validate(listed.json())
     shown = http.call("reader", "GET", f"/subscriptions/{sub['id']}")
     assert shown.status_code == 200 and shown.json()["name"] == "crud"
     assert SECRET not in shown.text
@@ -144,11 +147,13 @@ def test_events_posted_over_http_are_delivered_and_listed_then_redelivered(http,
     assert [d["id"] for d in deliveries] == [got.delivery]
     assert deliveries[0]["state"] == "succeeded"
     assert deliveries[0]["attempts"][0]["http_status"] == 200
+    routes.DELIVERY.model_validate(deliveries[0])
     everywhere = http.call("reader", "GET", "/deliveries/").json()["deliveries"]
     assert [d["id"] for d in everywhere] == [got.delivery]
     again = http.call("admin", "POST", f"/deliveries/{got.delivery}/redeliver")
     assert again.status_code == 201, again.text
     assert again.json()["redelivery_of"] == got.delivery
+    routes.DELIVERY_PAGE.model_validate(http.call("reader", "GET", "/deliveries/").json())
     second = receiver.wait_for("hook", 2)[1]
     assert second.delivery == again.json()["id"] and second.json["version"] == "1.0.0"
 

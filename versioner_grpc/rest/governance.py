@@ -25,9 +25,14 @@ from versioner_grpc.rest.deployments import (
     require_json,
     require_json_when_body,
 )
-from versioner_grpc.rest.messages import enum_number, view
+from versioner_grpc.rest.messages import enum_number, model, page, view
 from versioner_grpc.rest.routes import ApiRoute
 
+APPROVAL = model(gpb.Approval.DESCRIPTOR)
+APPROVAL_PAGE = page("ApprovalPage", "approvals", gpb.Approval.DESCRIPTOR)
+AUDIT_PAGE = page("AuditPage", "entries", gpb.AuditEntry.DESCRIPTOR)
+CHECK = model(gpb.CheckRulesResponse.DESCRIPTOR)
+REQUESTED = model(gpb.RequestApprovalResponse.DESCRIPTOR)
 ApprovalId = Annotated[str, Path(description="the approval request's id")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str, Query(description="next_cursor of the previous page")]
@@ -180,6 +185,7 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
 
     tags = ("governance",)
     decided: dict[int | str, dict[str, Any]] = {
+        200: {"model": APPROVAL},
         404: {"description": "no approval request has this id"},
         409: {"description": "SELF_APPROVAL, ALREADY_DECIDED: `detail.code` says which"},
     }
@@ -192,7 +198,11 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
             rpc=GOVERNANCE + "RequestApproval",
             tags=tags,
             dependencies=[Depends(require_json)],
-            responses={409: {"description": "APPROVAL_NOT_REQUIRED: no approval rule applies"}},
+            responses={
+                200: {"model": REQUESTED, "description": "the open request for this triple"},
+                201: {"model": REQUESTED, "description": "a new request"},
+                409: {"description": "APPROVAL_NOT_REQUIRED: no approval rule applies"},
+            },
         ),
         ApiRoute(
             "GET",
@@ -201,6 +211,7 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
             "Approval requests, newest first (pages: cursor)",
             rpc=GOVERNANCE + "ListApprovals",
             tags=tags,
+            responses={200: {"model": APPROVAL_PAGE}},
         ),
         ApiRoute(
             "GET",
@@ -209,7 +220,10 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
             "One approval request (wait: long poll until it is decided)",
             rpc=GOVERNANCE + "GetApproval",
             tags=tags,
-            responses={404: {"description": "no approval request has this id"}},
+            responses={
+                200: {"model": APPROVAL},
+                404: {"description": "no approval request has this id"},
+            },
         ),
         ApiRoute(
             "POST",
@@ -238,6 +252,7 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
             "What RecordEvent would decide now for moving this version into the environment",
             rpc=GOVERNANCE + "CheckRules",
             tags=tags,
+            responses={200: {"model": CHECK}},
         ),
         ApiRoute(
             "POST",
@@ -246,6 +261,7 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
             "CheckRules with a JSON body",
             rpc=GOVERNANCE + "CheckRules",
             tags=tags,
+            responses={200: {"model": CHECK}},
             dependencies=[Depends(require_json)],
         ),
         ApiRoute(
@@ -255,5 +271,6 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
             "The audit trail, oldest first (pages: cursor)",
             rpc=GOVERNANCE + "ListAudit",
             tags=tags,
+            responses={200: {"model": AUDIT_PAGE}},
         ),
     ]

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from versioner_grpc.domain.errors import invalid
 
@@ -87,3 +88,71 @@ def view(message: Message) -> dict[str, Any]:
         else:
             out[field.name] = _value(field, value)
     return out
+
+
+_SCALARS: dict[int, type] = {
+    FieldDescriptor.TYPE_STRING: str,
+    FieldDescriptor.TYPE_BOOL: bool,
+    FieldDescriptor.TYPE_INT32: int,
+    FieldDescriptor.TYPE_INT64: int,
+    FieldDescriptor.TYPE_UINT32: int,
+    FieldDescriptor.TYPE_UINT64: int,
+    FieldDescriptor.TYPE_DOUBLE: float,
+    FieldDescriptor.TYPE_FLOAT: float,
+}
+_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def _annotation(field: Any) -> tuple[Any, Any]:
+    """The type of one field as `view` writes it, and its Field(...) default."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return dict[str, str], Field()
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        words = [enum_word(field.enum_type, v.number) for v in field.enum_type.values]
+        kind: Any = str
+        info = Field(description="one of " + ", ".join(words))
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        name = field.message_type.full_name
+        if name == _TIMESTAMP:
+            kind, info = str, Field(description="RFC 3339")
+        elif name == _DURATION:
+            kind, info = float, Field(description="seconds")
+        elif name == _STRUCT:
+            kind, info = dict[str, Any], Field()
+        else:
+            kind, info = model(field.message_type), Field()
+        if not field.is_repeated:
+            kind = kind | None
+    else:
+        kind, info = _SCALARS[field.type], Field()
+    if field.is_repeated:
+        kind = list[kind]
+    return kind, info
+
+
+def model(descriptor: Any) -> type[BaseModel]:
+    """A pydantic model of what `view` writes for messages of `descriptor`, for /openapi.json.
+
+    Built from the descriptor (not kept by hand), so the document cannot drift from
+    the answers; the tests validate real answers against it.
+    """
+    found = _MODELS.get(descriptor.full_name)
+    if found is None:
+        fields = {f.name: _annotation(f) for f in descriptor.fields}
+        found = create_model(  # type: ignore[call-overload]
+            descriptor.name,
+            __config__=ConfigDict(extra="forbid"),
+            **fields,
+        )
+        _MODELS[descriptor.full_name] = found
+    return found
+
+
+def page(name: str, items: str, descriptor: Any) -> type[BaseModel]:
+    """A page of `descriptor` messages under `items`, with next_cursor (null at the end)."""
+    fields: dict[str, Any] = {
+        items: (list[model(descriptor)], Field()),  # type: ignore[misc]
+        "next_cursor": (str | None, Field(description="pass as cursor; null: the end")),
+    }
+    created: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+    return created

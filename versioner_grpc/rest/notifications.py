@@ -21,9 +21,13 @@ from versioner_grpc.auth import NOTIFY
 from versioner_grpc.domain.errors import NotFound, invalid
 from versioner_grpc.notification_service import NotificationService
 from versioner_grpc.rest.deployments import NO_CONTEXT, require_json
-from versioner_grpc.rest.messages import enum_number, view
+from versioner_grpc.rest.messages import enum_number, model, page, view
 from versioner_grpc.rest.routes import ApiRoute
 
+SUBSCRIPTION = model(npb.Subscription.DESCRIPTOR)
+SUBSCRIPTIONS = model(npb.ListSubscriptionsResponse.DESCRIPTOR)
+DELIVERY = model(npb.Delivery.DESCRIPTOR)
+DELIVERY_PAGE = page("DeliveryPage", "deliveries", npb.Delivery.DESCRIPTOR)
 SubscriptionId = Annotated[str, Path(description="the subscription's id")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str, Query(description="next_cursor of the previous page")]
@@ -150,6 +154,8 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
 
     tags = ("notifications",)
     missing: dict[int | str, dict[str, Any]] = {404: {"description": "no subscription has this id"}}
+    one: dict[int | str, dict[str, Any]] = {200: {"model": SUBSCRIPTION}, **missing}
+    deliveries: dict[int | str, dict[str, Any]] = {200: {"model": DELIVERY_PAGE}}
     return [
         ApiRoute(
             "POST",
@@ -158,6 +164,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "Create a subscription (it receives the events recorded after it)",
             rpc=NOTIFY + "CreateSubscription",
             tags=tags,
+            responses={201: {"model": SUBSCRIPTION}},
             dependencies=[Depends(require_json)],
         ),
         ApiRoute(
@@ -167,6 +174,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "Every subscription, oldest first (secrets are never returned)",
             rpc=NOTIFY + "ListSubscriptions",
             tags=tags,
+            responses={200: {"model": SUBSCRIPTIONS}},
         ),
         ApiRoute(
             "GET",
@@ -175,7 +183,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "One subscription",
             rpc=NOTIFY + "ListSubscriptions",
             tags=tags,
-            responses=missing,
+            responses=one,
         ),
         ApiRoute(
             "PATCH",
@@ -185,7 +193,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             rpc=NOTIFY + "UpdateSubscription",
             tags=tags,
             dependencies=[Depends(require_json)],
-            responses=missing,
+            responses=one,
         ),
         ApiRoute(
             "DELETE",
@@ -203,7 +211,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "A subscription's deliveries, newest first, each with its attempts",
             rpc=NOTIFY + "ListDeliveries",
             tags=tags,
-            responses=missing,
+            responses={**deliveries, **missing},
         ),
         ApiRoute(
             "POST",
@@ -212,7 +220,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "Send a test message now and return the delivery",
             rpc=NOTIFY + "SendTest",
             tags=tags,
-            responses=missing,
+            responses={200: {"model": DELIVERY}, **missing},
         ),
         ApiRoute(
             "GET",
@@ -221,6 +229,7 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "Deliveries of every subscription (or of subscription_id), newest first",
             rpc=NOTIFY + "ListDeliveries",
             tags=tags,
+            responses=deliveries,
         ),
         ApiRoute(
             "POST",
@@ -229,6 +238,6 @@ def notification_routes(service: NotificationService) -> list[ApiRoute]:
             "Queue a delivery's event again under a new delivery id",
             rpc=NOTIFY + "Redeliver",
             tags=tags,
-            responses={404: {"description": "no delivery has this id"}},
+            responses={201: {"model": DELIVERY}, 404: {"description": "no delivery has this id"}},
         ),
     ]
