@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from versioner.v1 import governance_service_pb2 as gpb
 
 from tests.governance_support import Governed
-from tests.test_governance_enforce import FLOW, FREEZE_NOW
+from tests.test_governance_enforce import CONCURRENCY, FLOW, FREEZE_NOW
 from versioner_grpc.rest import governance as routes
 
 TIMEOUT = 10.0
@@ -349,6 +351,57 @@ def test_a_flow_rule_refuses_with_428_naming_the_missing_environment(http):
     detail = refused.json()["detail"]
     assert detail["code"] == "FLOW_VIOLATION"
     assert detail["details"]["rule_name"] == "staging-first"
+
+
+@rules(FLOW.format(mode="enforce"))
+def test_a_flow_rule_soak_refuses_with_428_and_retry_after(http):
+    staged = http.post(
+        "ci",
+        "/deployment-events/",
+        {**EVENT, "environment_name": "staging-eu", "status": "completed"},
+    )
+    assert staged.status_code == 200, staged.text
+    refused = http.post("ci", "/deployment-events/", EVENT)
+    assert refused.status_code == 428, refused.text
+    detail = refused.json()["detail"]
+    assert detail["code"] == "INSUFFICIENT_SOAK_TIME"
+    assert 3000 < int(detail["retry_after"]) <= 3600
+    assert [d.environment_name for d in http.governed.history()] == ["staging-eu"]
+
+
+@rules(CONCURRENCY.format(mode="enforce"))
+def test_a_concurrency_rule_refuses_a_second_running_deployment_with_409(http):
+    assert http.post("ci", "/deployment-events/", EVENT).status_code == 200
+    refused = http.post("ci", "/deployment-events/", {**EVENT, "version": "1.0.1"})
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert (detail["code"], detail["error"]) == ("CONCURRENT_DEPLOYMENT", "deployment_blocked")
+    assert detail["details"]["rule_name"] == "one-at-a-time"
+    assert len(http.governed.history()) == 1
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(["/approvals/", "/approvals/x", "/audit/", "/rules/check"]),
+    params=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["product_name", "environment_name", "version", "state", "kind", "principal",
+                 "since", "until", "limit", "cursor", "wait", "deployment_id", "other"]
+            ),
+            st.text(max_size=30),
+        ),
+        max_size=5,
+    ),
+)  # fmt: skip
+def test_any_governance_query_string_is_answered_200_404_or_422_never_5xx(http, path, params):
+    response = http.get("ci", path, params=params)
+    assert response.status_code in (200, 404, 422), response.text
 
 
 def test_openapi_documents_the_governance_routes_and_still_validates(http):
