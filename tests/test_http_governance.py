@@ -7,7 +7,12 @@ HTTP did is checked through gRPC where that proves the two APIs share one store.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -418,3 +423,36 @@ def test_openapi_documents_the_governance_routes_and_still_validates(http):
         assert path in document["paths"], path
     event_fields = document["components"]["schemas"]["DeploymentEvent"]["properties"]
     assert "override_reason" in event_fields
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
+def test_the_readme_approval_flow_runs_as_written(http):
+    """The README's curl snippet, against a real server: refused, approved, then recorded."""
+    section = README.read_text().split("The approval flow with curl only", 1)[1]
+    script = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "API=http://127.0.0.1:8080\n" in script
+    script = script.replace(
+        "API=http://127.0.0.1:8080\n", f"API={http.governed.running.http_url}\n"
+    )
+    env = {**os.environ, "CI": http.governed.tokens["ci"], "LEAD": http.governed.tokens["bob"]}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [
+        json.loads(line) if line.startswith("{") else line for line in done.stdout.splitlines()
+    ]
+    assert lines[0]["detail"]["code"] == "APPROVAL_REQUIRED"
+    assert "approved" in lines
+    (deployment,) = http.governed.history()
+    assert deployment.version == "1.4.0" and deployment.approval_id
+    recorded = next(x for x in lines if isinstance(x, dict) and x.get("approval_id"))
+    assert recorded["status"] == "started"
