@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,23 @@ def test_list_approvals_filters_by_state_and_pages_with_a_cursor(http):
     assert loc(http.get("ci", "/approvals/", params={"state": "maybe"})) == [["query", "state"]]
     assert loc(http.get("ci", "/approvals/", params={"cursor": "bogus"})) == [["query", "cursor"]]
     assert loc(http.get("ci", "/approvals/", params={"limit": 0})) == [["query", "limit"]]
+
+
+def test_get_approval_with_wait_answers_once_the_request_is_decided(http):
+    approval = http.post("ci", "/approvals/", TRIPLE).json()["approval"]
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            http.get("ci", f"/approvals/{approval['id']}", params={"wait": 60}, timeout=90)
+        )
+    )
+    waiting.start()
+    # Approving while the long poll waits (or before it began: it then answers at once).
+    assert http.post("bob", f"/approvals/{approval['id']}/approve").status_code == 200
+    waiting.join(90)
+    assert not waiting.is_alive()
+    (answer,) = answers
+    assert answer.status_code == 200 and answer.json()["state"] == "approved"
 
 
 def test_get_approval_wait_is_bounded_to_60_seconds(http):

@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query
-from google.protobuf import duration_pb2
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 from versioner.v1 import governance_service_pb2 as gpb
@@ -123,7 +122,6 @@ def governance_routes(service: GovernanceService) -> list[ApiRoute]:
     ) -> JSONResponse:
         request = gpb.GetApprovalRequest(approval_id=approval_id)
         if wait:
-            request.wait.CopyFrom(duration_pb2.Duration())
             request.wait.FromNanoseconds(int(wait * 1e9))
         answer = await service.GetApproval(request, NO_CONTEXT)
         return JSONResponse(_approval(answer.approval))
