@@ -47,6 +47,8 @@ from versioner_grpc.notify.engine import NotificationEngine
 from versioner_grpc.notify.secrets import SecretBox
 from versioner_grpc.notify.sender import Sender
 from versioner_grpc.rest.app import create_app
+from versioner_grpc.rest.governance import governance_routes
+from versioner_grpc.rest.notifications import notification_routes
 from versioner_grpc.rest.serve import HttpServer
 from versioner_grpc.service import DeploymentService, add_to_server
 from versioner_grpc.store.store import Store
@@ -194,9 +196,8 @@ class Server:
         await self.watch.start()
         service = DeploymentService(self.store, self.watch)
         add_to_server(service, server)
-        gpb_grpc.add_GovernanceServiceServicer_to_server(
-            GovernanceService(self.store, self.governance_metrics.approved_after), server
-        )
+        governance = GovernanceService(self.store, self.governance_metrics.approved_after)
+        gpb_grpc.add_GovernanceServiceServicer_to_server(governance, server)
         self.notify = NotificationEngine(
             self.store,
             box=self.secrets,
@@ -214,15 +215,13 @@ class Server:
             poll_interval=self.config.poll_interval,
             retention_days=self.config.delivery_retention_days,
         )
-        npb_grpc.add_NotificationServiceServicer_to_server(
-            NotificationService(
-                self.store.notifications,
-                self.notify,
-                self.secrets,
-                allow_private=self.config.allow_private_webhooks,
-            ),
-            server,
+        notifications = NotificationService(
+            self.store.notifications,
+            self.notify,
+            self.secrets,
+            allow_private=self.config.allow_private_webhooks,
         )
+        npb_grpc.add_NotificationServiceServicer_to_server(notifications, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
@@ -250,6 +249,10 @@ class Server:
                 metrics=HttpMetrics(self.registry),
                 serving=lambda: self.serving,
                 max_body=self.config.max_message_bytes,
+                extra_routes=[
+                    *governance_routes(governance),
+                    *notification_routes(notifications),
+                ],
             )
             self._http = HttpServer(app, self.config)  # binds now: a taken port fails early
             self.http_port = self._http.port

@@ -125,6 +125,9 @@ class DeploymentEvent(BaseModel):
     source_system: str | None = None
     build_number: str | int | None = None
     invoke_id: str | None = None
+    override_reason: str | None = Field(
+        None, description="passes every rule; needs the deployments:override scope (audited)"
+    )
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -168,6 +171,7 @@ def record_request(body: DeploymentEvent) -> pb.RecordEventRequest:
         build_url=body.build_url or body.deploy_url or "",
         event_id=body.event_id or "",
         deployment_id=body.deployment_id or "",
+        override_reason=body.override_reason or "",
     )
     if metadata:
         request.extra_metadata.update(metadata)
@@ -219,6 +223,16 @@ async def require_json(
         raise HTTPException(
             415, f"Content-Type must be application/json (got {content_type or 'none'!r})"
         )
+
+
+async def require_json_when_body(
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+    content_length: Annotated[str | None, Header(include_in_schema=False)] = None,
+    transfer_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """An optional body (approve, reject): none at all is fine, any other must be JSON."""
+    if (content_length or "0").strip() != "0" or transfer_encoding:
+        await require_json(content_type)
 
 
 ProductQ = Annotated[str, Query(description="a product name; empty = all")]

@@ -37,6 +37,9 @@ REASON_STATUS = {
     "INVALID_TRANSITION": 409,
     "SELF_APPROVAL": 409,
     "ALREADY_DECIDED": 409,
+    "APPROVAL_NOT_PENDING": 409,
+    "APPROVAL_EXPIRED": 409,
+    "APPROVAL_NOT_REQUIRED": 409,
     "NO_DEPLOY_WINDOW": 423,
     "APPROVAL_REQUIRED": 428,
     "FLOW_VIOLATION": 428,
@@ -54,7 +57,13 @@ BLOCKING_REASONS = frozenset(
     }
 )
 # Domain (gRPC) field names → the HTTP API's names for the same input.
-HTTP_FIELD = {"page_token": "cursor", "page_size": "limit", "statuses": "status"}
+HTTP_FIELD = {
+    "page_token": "cursor",
+    "page_size": "limit",
+    "statuses": "status",
+    "states": "state",
+    "kinds": "kind",
+}
 
 
 def http_field(field: str) -> str:

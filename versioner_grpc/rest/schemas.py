@@ -12,6 +12,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class RuleViolationOut(BaseModel):
+    rule_name: str
+    kind: str = Field(description="approval, freeze, flow or concurrency")
+    reason: str = Field(description="the ErrorInfo reason it would have been refused with")
+    message: str
+
+
 class DeploymentOut(BaseModel):
     id: str
     product_name: str
@@ -35,6 +42,9 @@ class DeploymentOut(BaseModel):
     previous_version: str
     is_rollback: bool
     scm_commit_time: str | None
+    approval_id: str = Field(description="the approval that let it through (empty: none)")
+    override_reason: str = Field(description="set when a deployments:override token forced it")
+    rule_violations: list[RuleViolationOut] = Field(description="report-mode rules it broke")
 
 
 class RecordedOut(DeploymentOut):

@@ -14,6 +14,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from versioner.v1 import deployment_service_pb2 as pb
 
+from versioner_grpc.rest import messages
+
 
 def status_word(status: int) -> str:
     return str(pb.DeploymentStatus.Name(status)).removeprefix("DEPLOYMENT_STATUS_").lower()
@@ -27,17 +29,6 @@ def _time(message: Message, field: str) -> str | None:
     if not message.HasField(field):
         return None
     value: str = getattr(message, field).ToJsonString()
-    return value
-
-
-def _whole(value: Any) -> Any:
-    """Struct numbers are doubles: give 5.0 back as 5, as the client sent it."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
     return value
 
 
@@ -55,7 +46,7 @@ def deployment(d: pb.Deployment) -> dict[str, Any]:
         "scm_sha": d.scm_sha,
         "build_url": d.build_url,
         "deploy_url": d.build_url,
-        "extra_metadata": _whole(json_format.MessageToDict(d.extra_metadata)),
+        "extra_metadata": messages.whole(json_format.MessageToDict(d.extra_metadata)),
         "deployed_at": start or create,
         "completed_at": _time(d, "end_time"),
         "create_time": create,
@@ -68,6 +59,9 @@ def deployment(d: pb.Deployment) -> dict[str, Any]:
         "previous_version": d.previous_version,
         "is_rollback": d.is_rollback,
         "scm_commit_time": _time(d, "scm_commit_time"),
+        "approval_id": d.approval_id,
+        "override_reason": d.override_reason,
+        "rule_violations": [messages.view(v) for v in d.rule_violations],
     }
 
 
