@@ -23,6 +23,7 @@ from versioner_grpc.domain.notifications import (
     validate_mask,
     validate_subscription,
 )
+from versioner_grpc.domain.validation import validate_identifier
 from versioner_grpc.notify.engine import NotificationEngine
 from versioner_grpc.notify.secrets import SecretBox
 from versioner_grpc.notify.ssrf import TargetRefused, check_target
@@ -136,10 +137,9 @@ class NotificationService(npb_grpc.NotificationServiceServicer):
     async def UpdateSubscription(
         self, request: npb.UpdateSubscriptionRequest, context: Context
     ) -> npb.UpdateSubscriptionResponse:
-        if not request.id:
-            raise invalid("id", "must not be empty")
+        sid = validate_identifier("id", request.id)
         mask = validate_mask(list(request.update_mask.paths))
-        before = (await self.notifications.get(request.id)).fields
+        before = (await self.notifications.get(sid)).fields
 
         values: dict[str, Any] = {
             "name": before.name,
@@ -161,16 +161,15 @@ class NotificationService(npb_grpc.NotificationServiceServicer):
         if "url" in mask:
             await self._check_url(fields.url)
         sealed = self.box.seal(secret) if "secret" in mask else None
-        sub = await self.notifications.update(request.id, fields, sealed, now_us())
+        sub = await self.notifications.update(sid, fields, sealed, now_us())
         self.engine.changed()
         return npb.UpdateSubscriptionResponse(subscription=subscription_message(sub))
 
     async def DeleteSubscription(
         self, request: npb.DeleteSubscriptionRequest, context: Context
     ) -> npb.DeleteSubscriptionResponse:
-        if not request.id:
-            raise invalid("id", "must not be empty")
-        await self.notifications.delete(request.id)
+        sid = validate_identifier("id", request.id)
+        await self.notifications.delete(sid)
         self.engine.changed()
         return npb.DeleteSubscriptionResponse()
 
@@ -180,13 +179,14 @@ class NotificationService(npb_grpc.NotificationServiceServicer):
         if request.page_size < 0:
             raise invalid("page_size", "must not be negative")
         limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        scope = "ListDeliveries:" + request.subscription_id
+        sid = request.subscription_id
+        if sid:
+            sid = validate_identifier("subscription_id", sid)
+        scope = "ListDeliveries:" + sid
         after = pagetoken.decode(scope, request.page_token) if request.page_token else None
-        if request.subscription_id:
-            await self.notifications.get(request.subscription_id)  # NOT_FOUND if unknown
-        page, next_key = await self.notifications.deliveries_page(
-            request.subscription_id, after, limit
-        )
+        if sid:
+            await self.notifications.get(sid)  # NOT_FOUND if unknown
+        page, next_key = await self.notifications.deliveries_page(sid, after, limit)
         return npb.ListDeliveriesResponse(
             deliveries=[delivery_message(d) for d in page],
             next_page_token=pagetoken.encode(scope, next_key) if next_key else "",
@@ -195,16 +195,14 @@ class NotificationService(npb_grpc.NotificationServiceServicer):
     async def Redeliver(
         self, request: npb.RedeliverRequest, context: Context
     ) -> npb.RedeliverResponse:
-        if not request.delivery_id:
-            raise invalid("delivery_id", "must not be empty")
-        copy = await self.engine.redeliver(request.delivery_id)
+        delivery_id = validate_identifier("delivery_id", request.delivery_id)
+        copy = await self.engine.redeliver(delivery_id)
         return npb.RedeliverResponse(delivery=delivery_message(copy))
 
     async def SendTest(
         self, request: npb.SendTestRequest, context: Context
     ) -> npb.SendTestResponse:
-        if not request.subscription_id:
-            raise invalid("subscription_id", "must not be empty")
-        sub = await self.notifications.get(request.subscription_id)
+        sid = validate_identifier("subscription_id", request.subscription_id)
+        sub = await self.notifications.get(sid)
         delivery = await self.engine.send_test(sub)
         return npb.SendTestResponse(delivery=delivery_message(delivery))
