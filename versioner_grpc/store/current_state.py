@@ -12,6 +12,8 @@ transaction (store/events.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 
 from versioner_grpc.domain.lifecycle import Action
 from versioner_grpc.domain.model import Deployment, Status
@@ -19,7 +21,7 @@ from versioner_grpc.store.projection import MetricState
 from versioner_grpc.store.sql import Sql, placeholders
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # a value, never changed; not frozen: built on every event
 class PlaceState:
     """One place's current_state row (its key aside); a new place starts from the defaults."""
 
@@ -39,6 +41,7 @@ class PlaceState:
 COLUMNS = tuple(f.name for f in dataclasses.fields(PlaceState))
 """The current_state columns an event keeps, named by PlaceState's fields (a test
 checks them against the Peewee model)."""
+_values = operator.attrgetter(*COLUMNS)  # a PlaceState's values in COLUMNS order
 _KEY = ("product", "environment")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM current_state WHERE product = ? AND environment = ?"
 _INSERT = (
@@ -50,7 +53,7 @@ _INSERT = (
 def read(sql: Sql, product: str, environment: str) -> PlaceState | None:
     """The place's row as it stands, None for a place not seen before."""
     row = sql.row(_SELECT, (product, environment))
-    return PlaceState(**dict(zip(COLUMNS, row, strict=True))) if row else None
+    return PlaceState(*row) if row else None  # COLUMNS is the fields' order
 
 
 def advance(
@@ -88,17 +91,20 @@ def advance(
 def write(sql: Sql, after: Deployment, place: PlaceState | None, new: PlaceState) -> None:
     """Store `new` as the row of `after`'s place: one INSERT for a new place, else one
     UPDATE of the columns that differ from `place` (none: no statement)."""
+    values = _values(new)
     if place is None:
-        values = (getattr(new, c) for c in COLUMNS)
-        sql.run(
-            _INSERT,
-            (after.product, after.environment, int(after.environment_type), *values),
-        )
+        sql.run(_INSERT, (after.product, after.environment, int(after.environment_type), *values))
         return
-    changed = [c for c in COLUMNS if getattr(new, c) != getattr(place, c)]
+    changed = tuple(
+        i for i, (old, value) in enumerate(zip(_values(place), values, strict=True)) if old != value
+    )
     if changed:
-        sql.run(
-            f"UPDATE current_state SET {', '.join(f'{c} = ?' for c in changed)} "
-            "WHERE product = ? AND environment = ?",
-            (*(getattr(new, c) for c in changed), after.product, after.environment),
-        )
+        params = (*(values[i] for i in changed), after.product, after.environment)
+        sql.run(_update(changed), params)
+
+
+@functools.cache
+def _update(changed: tuple[int, ...]) -> str:
+    """The UPDATE of the columns at indexes `changed` (at most 2**7 texts, built once each)."""
+    assignments = ", ".join(f"{COLUMNS[i]} = ?" for i in changed)
+    return f"UPDATE current_state SET {assignments} WHERE product = ? AND environment = ?"

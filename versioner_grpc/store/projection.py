@@ -36,7 +36,7 @@ BUCKETS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # a value, never changed; not frozen: built on every event
 class MetricState:
     """What the projection remembers of one place between events.
 
@@ -68,7 +68,7 @@ def apply(
     if after.status == Status.FAILED:
         first_failure = not state.failing_since or after.end_time < state.failing_since
         if first_failure and after.end_time > state.last_completed_end:
-            return dataclasses.replace(state, failing_since=after.end_time)
+            return MetricState(state.last_completed_end, failing_since=after.end_time)
         return state
     if after.status != Status.COMPLETED:
         return state
