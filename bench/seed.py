@@ -23,6 +23,7 @@ stopped. Rows are what the server itself would have written:
 from __future__ import annotations
 
 import bisect
+import functools
 import importlib
 import inspect
 import io
@@ -141,24 +142,36 @@ class _MirrorProjection:
 
 
 class _RealProjection:
-    """The server's own projection.apply(sql, place, before, after), run on :memory:."""
+    """The server's own projection.apply(sql, state, before, after), run on :memory:.
+
+    The state per place is a projection.MetricState the call returns; in older
+    revisions it was events.PlaceState, and the call returned its changes as a dict.
+    """
 
     def __init__(self) -> None:
-        from versioner_grpc.store.events import PlaceState
         from versioner_grpc.store.sql import Sql
 
         self.db = pw.SqliteDatabase(":memory:")
         models = define_models(self.db)
         self.db.create_tables([models.MetricCounter, models.MetricBucket])
         self.sql = Sql(self.db)
-        self.places: dict[tuple[str, str], Any] = defaultdict(lambda: PlaceState(exists=True))
+        state = getattr(projection, "MetricState", None)
+        if state is None:
+            state = functools.partial(
+                importlib.import_module("versioner_grpc.store.events").PlaceState, exists=True
+            )
+        self.places: dict[tuple[str, str], Any] = defaultdict(state)
         self.db.connect(reuse_if_open=True)
         self.db.execute_sql("BEGIN")
 
     def apply(self, d: Deployment) -> None:
-        place = self.places[(d.product, d.environment)]
-        for name, value in projection.apply(self.sql, place, None, d).items():
-            setattr(place, name, value)
+        key = (d.product, d.environment)
+        result: Any = projection.apply(self.sql, self.places[key], None, d)
+        if isinstance(result, dict):  # older revisions: changes to the place's state
+            for name, value in result.items():
+                setattr(self.places[key], name, value)
+        else:
+            self.places[key] = result
 
     def place_state(self, product: str, env: str) -> dict[str, int]:
         place = self.places.get((product, env))

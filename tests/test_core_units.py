@@ -9,7 +9,7 @@ gRPC on both databases.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from versioner_grpc.domain.model import (
     StoredEvent,
 )
 from versioner_grpc.domain.validation import validate_event
-from versioner_grpc.store import projection, reads
+from versioner_grpc.store import current_state, projection, reads
 from versioner_grpc.store.database import Database
 from versioner_grpc.store.events import apply_event
+from versioner_grpc.store.sql import Sql
 from versioner_grpc.store.store import Store
 from versioner_grpc.watch import WatchHub
 
@@ -219,6 +220,59 @@ def test_pending_and_started_count_nothing(core: Core) -> None:
     assert core.counters(projection.DEPLOYMENTS) == {}
     (place,) = reads.metric_rows(core.sql).places
     assert place[3] == 1  # in progress
+
+
+def test_the_projection_takes_and_returns_its_state_and_ignores_open_events(core: Core) -> None:
+    started = core.apply(event(Status.STARTED, at=T0)).event.deployment
+    state = projection.MetricState(last_completed_end=T0 - MINUTE, failing_since=0)
+    assert projection.apply(core.sql, state, None, started) is state
+    failed = core.apply(event(Status.FAILED, at=T0 + MINUTE)).event.deployment
+    assert projection.apply(core.sql, state, started, failed) == projection.MetricState(
+        last_completed_end=T0 - MINUTE, failing_since=T0 + MINUTE
+    )
+
+
+def test_the_place_row_keeps_the_projections_state_between_events(core: Core) -> None:
+    core.apply(event(Status.COMPLETED, version="1.0.0", at=T0))
+    core.apply(event(Status.FAILED, version="1.0.1", at=T0 + MINUTE))
+    place = current_state.read(core.sql, "shop", "production")
+    assert place is not None
+    assert place.metrics == projection.MetricState(T0, T0 + MINUTE)
+    core.apply(event(Status.COMPLETED, version="1.0.2", at=T0 + 3 * MINUTE))
+    place = current_state.read(core.sql, "shop", "production")
+    assert place is not None and place.metrics == projection.MetricState(T0 + 3 * MINUTE, 0)
+    assert current_state.read(core.sql, "shop", "staging") is None
+
+
+class CountingSql(Sql):
+    """The real Sql on the same connection, keeping the text of each statement."""
+
+    def __init__(self, sql: Sql) -> None:
+        super().__init__(sql.db)
+        self.texts: list[str] = []
+
+    def row(self, text: str, params: Sequence[Any] = ()) -> Any:
+        self.texts.append(text)
+        return super().row(text, params)
+
+    def run(self, text: str, params: Sequence[Any] = ()) -> int:
+        self.texts.append(text)
+        return super().run(text, params)
+
+
+def test_an_event_reads_the_place_row_once_and_writes_only_what_changed(core: Core) -> None:
+    counting = CountingSql(core.sql)
+    for inp, writes in (
+        (event(Status.PENDING, at=T0), "INSERT"),  # a new place
+        (event(Status.STARTED, at=T0 + MINUTE), None),  # still one open: nothing to write
+        (event(Status.COMPLETED, at=T0 + 2 * MINUTE), "UPDATE"),
+    ):
+        counting.texts.clear()
+        with core.database.write_transaction():
+            apply_event(counting, inp, inp.event_time, reads.head_revision(core.sql) + 1)
+        touching = [t.split()[0] for t in counting.texts if "current_state" in t]
+        assert touching == ["SELECT", *([writes] if writes else [])]
+    assert core.current_version() == "1.0.0"
 
 
 # --------------------------------------------------------------------------- watch hub

@@ -1,10 +1,11 @@
 """Applying one event inside the writer's transaction.
 
 Everything an event changes is written here, together: the deployment, the
-event row (with its revision), the version binding, the current-state row and
-the metric projection. The caller commits; a rule violation raises before
-anything is written (except a governance refusal's audit row). Fixed SQL (see
-sql.py): this runs for every event.
+event row (with its revision), the version binding, the metric projection
+(projection.py) and the place's current_state row (current_state.py, which
+also stores the projection's state). The caller commits; a rule violation
+raises before anything is written (except a governance refusal's audit row).
+Fixed SQL (see sql.py): this runs for every event.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from versioner_grpc.domain.environments import environment_type
 from versioner_grpc.domain.errors import FailedPrecondition
@@ -25,7 +25,7 @@ from versioner_grpc.domain.model import (
     Status,
     StoredEvent,
 )
-from versioner_grpc.store import projection
+from versioner_grpc.store import current_state, projection
 from versioner_grpc.store.codec import (
     deployment_from_snapshot,
     deployment_from_tuple,
@@ -63,24 +63,6 @@ class Binding(enum.Enum):
 Encoder = Callable[[Deployment], bytes]
 """The deployment's wire encoding, stored beside its row (given by the server wiring:
 the store knows no protobuf)."""
-
-
-@dataclasses.dataclass
-class PlaceState:
-    """The current_state row of one place, as read before the event.
-
-    A *place* is one product in one environment (product x environment): the unit
-    GetCurrent answers for, and the key of the current_state table.
-    """
-
-    exists: bool
-    current_id: str | None = None
-    current_end_time: int | None = None
-    latest_id: str = ""
-    latest_create_time: int = 0
-    in_progress: int = 0
-    last_completed_end: int = 0
-    failing_since: int = 0
 
 
 def apply_event(
@@ -143,9 +125,13 @@ def apply_event(
             "UPDATE version_binding SET scm_sha = ? WHERE product = ? AND version = ?",
             (inp.scm_sha, inp.product, inp.version),
         )
-    place = _place(sql, after)
-    changes = projection.apply(sql, place, before, after) if project_metrics else {}
-    _update_current_state(sql, place, before, after, action, changes)
+    place = current_state.read(sql, after.product, after.environment)
+    metrics = place.metrics if place else projection.MetricState()
+    if project_metrics:
+        metrics = projection.apply(sql, metrics, before, after)
+    current_state.write(
+        sql, after, place, current_state.advance(place, before, after, action, metrics)
+    )
     sql.run(
         "INSERT INTO event (revision, event_id, deployment_id, product, environment, status, "
         "event_time, record_time, snapshot, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -313,51 +299,3 @@ def _set_previous_and_rollback(sql: Sql, after: Deployment) -> None:
             (*place, after.version),
         )
     )
-
-
-def _place(sql: Sql, after: Deployment) -> PlaceState:
-    row = sql.row(
-        "SELECT current_id, current_end_time, latest_id, latest_create_time, in_progress, "
-        "last_completed_end, failing_since FROM current_state "
-        "WHERE product = ? AND environment = ?",
-        (after.product, after.environment),
-    )
-    return PlaceState(True, *row) if row else PlaceState(False)
-
-
-def _update_current_state(
-    sql: Sql,
-    place: PlaceState,
-    before: Deployment | None,
-    after: Deployment,
-    action: Action,
-    changes: dict[str, Any],
-) -> None:
-    """Keep current (last completed by end time), latest, in-progress and projection state."""
-    if before is None and (not place.exists or after.create_time >= place.latest_create_time):
-        changes.update(latest_id=after.id, latest_create_time=after.create_time)
-    is_current = after.status == Status.COMPLETED and action is not Action.FILL_START
-    if is_current and (
-        place.current_end_time is None or (after.end_time or 0) >= place.current_end_time
-    ):
-        changes.update(current_id=after.id, current_end_time=after.end_time)
-    became_open = after.status.is_open and (before is None or not before.status.is_open)
-    closed = before is not None and before.status.is_open and not after.status.is_open
-    if became_open or closed:
-        changes["in_progress"] = place.in_progress + (1 if became_open else -1)
-    if not place.exists:
-        state = dataclasses.replace(place, **changes)
-        sql.run(
-            "INSERT INTO current_state (product, environment, environment_type, current_id, "
-            "current_end_time, latest_id, latest_create_time, in_progress, last_completed_end, "
-            "failing_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (after.product, after.environment, int(after.environment_type), state.current_id,
-             state.current_end_time, state.latest_id, state.latest_create_time,
-             state.in_progress, state.last_completed_end, state.failing_since),
-        )  # fmt: skip
-    elif changes:
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        sql.run(
-            f"UPDATE current_state SET {assignments} WHERE product = ? AND environment = ?",
-            (*changes.values(), after.product, after.environment),
-        )

@@ -8,13 +8,10 @@ late events, and every replica on one database exports the same values.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING, Any
+import dataclasses
 
 from versioner_grpc.domain.model import Deployment, Status
 from versioner_grpc.store.sql import Sql
-
-if TYPE_CHECKING:
-    from versioner_grpc.store.events import PlaceState
 
 US = 1_000_000
 # Upper bounds in seconds. Deployments take seconds to hours.
@@ -39,10 +36,22 @@ BUCKETS = {
 }
 
 
+@dataclasses.dataclass(slots=True)  # a value, never changed; not frozen: built on every event
+class MetricState:
+    """What the projection remembers of one place between events.
+
+    Stored on the place's current_state row (store/current_state.py); the
+    projection reads and returns it and knows nothing of that table.
+    """
+
+    last_completed_end: int = 0  # end time of the newest completion, 0 if none yet
+    failing_since: int = 0  # first failure after that completion, 0 if none
+
+
 def apply(
-    sql: Sql, place: PlaceState, before: Deployment | None, after: Deployment
-) -> dict[str, Any]:
-    """Project one applied event; return changes for the place's current_state row.
+    sql: Sql, state: MetricState, before: Deployment | None, after: Deployment
+) -> MetricState:
+    """Project one applied event onto the metric tables; return the place's new state.
 
     Only a deployment's arrival at a terminal state counts. The time between
     deployments counts completions in end-time order (a late, older completion
@@ -50,35 +59,35 @@ def apply(
     last completion to the next completion.
     """
     if not after.status.is_terminal or (before is not None and before.status.is_terminal):
-        return {}
+        return state
     assert after.end_time is not None
     where = (after.product, after.environment)
-    changes: dict[str, Any] = {}
     _bump(sql, *where, DEPLOYMENTS, after.status, last=after.end_time)
     if after.duration is not None:
         _observe(sql, *where, DURATION, after.status, after.duration / US)
     if after.status == Status.FAILED:
-        first_failure = not place.failing_since or after.end_time < place.failing_since
-        if first_failure and after.end_time > place.last_completed_end:
-            changes["failing_since"] = after.end_time
-        return changes
+        first_failure = not state.failing_since or after.end_time < state.failing_since
+        if first_failure and after.end_time > state.last_completed_end:
+            return MetricState(state.last_completed_end, failing_since=after.end_time)
+        return state
     if after.status != Status.COMPLETED:
-        return changes
+        return state
     if after.is_rollback:
         _bump(sql, *where, ROLLBACKS, Status.COMPLETED)
-    last = place.last_completed_end
+    last = state.last_completed_end
     if after.end_time >= last:
         if last:
             _observe(sql, *where, BETWEEN, Status.UNSPECIFIED, (after.end_time - last) / US)
-        changes["last_completed_end"] = after.end_time
-        if place.failing_since and after.end_time >= place.failing_since:
-            restore = (after.end_time - place.failing_since) / US
+        failing_since = state.failing_since
+        if failing_since and after.end_time >= failing_since:
+            restore = (after.end_time - failing_since) / US
             _observe(sql, *where, RESTORE, Status.UNSPECIFIED, restore)
-            changes["failing_since"] = 0
+            failing_since = 0
+        state = MetricState(last_completed_end=after.end_time, failing_since=failing_since)
     if after.scm_commit_time is not None and after.scm_commit_time <= after.end_time:
         lead = (after.end_time - after.scm_commit_time) / US
         _observe(sql, *where, LEAD_TIME, Status.UNSPECIFIED, lead)
-    return changes
+    return state
 
 
 def _bump(
