@@ -171,7 +171,7 @@ def test_governance_events_reach_the_webhook_signed_and_in_commit_order_with_dep
 
 def test_filters_apply_to_governance_events(notified, receiver):
     notified.subscribe(
-        receiver, "prod-shop", products=["shop"],
+        receiver, "prod-shop", products=["shop"], environments=["production"],
         event_types=["deployment.blocked", "approval.approved", "deployment.completed"],
     )  # fmt: skip
     notified.subscribe(receiver, "staging", environment_types=[pb.ENVIRONMENT_TYPE_STAGING])

@@ -1,10 +1,11 @@
 """The one cache: a small thread-safe LRU whose entries may be tied to a revision.
 
-Three things are cached, all for the same reason (work that an unchanged store
-would only repeat): encoded watch messages by event revision, encoded read
-answers while the head revision is unchanged, and the metrics exposition while
-the head revision is unchanged. Every change to what they depend on comes with
-a new revision, so an entry read at revision R is exact while the head is R.
+Everything cached is cached for the same reason (work that an unchanged store
+would only repeat): encoded watch messages and batches by event revision, SSE
+messages by event revision, encoded read answers while the head revision is
+unchanged, and the metrics exposition while the head revision is unchanged.
+Every change to what they depend on comes with a new revision, so an entry read
+at revision R is exact while the head is R.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ add_DeploymentServiceServicer_to_server, whose serializers accept messages only.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from versioner.v1 import deployment_service_pb2 as pb
 
 from versioner_grpc import convert, pagetoken
 from versioner_grpc.auth import OVERRIDE, has_scope, principal_name
+from versioner_grpc.cache import LruCache
 from versioner_grpc.domain.clock import now_us
 from versioner_grpc.domain.errors import NotFound, PermissionDenied, invalid
 from versioner_grpc.domain.filters import Filters, PageKey
@@ -193,16 +193,17 @@ class _WatchEncodings:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._events: OrderedDict[int, tuple[pb.Event, bytes | None, bytes | None]] = OrderedDict()
-        self._batches: OrderedDict[tuple[str, int, int, int], list[bytes]] = OrderedDict()
+        # Per event: its message, its one-event form and its `events` entry (each once).
+        self._events: LruCache[int, tuple[pb.Event, bytes | None, bytes | None]] = LruCache(
+            ENCODING_CACHE
+        )
+        self._batches: LruCache[tuple[str, int, int, int], list[bytes]] = LruCache(BATCH_CACHE)
 
     def _entry(self, event: StoredEvent) -> tuple[pb.Event, bytes | None, bytes | None]:
         entry = self._events.get(event.revision)
         if entry is None:
             entry = (convert.event(event), None, None)
-            self._events[event.revision] = entry
-            if len(self._events) > ENCODING_CACHE:
-                self._events.popitem(last=False)
+            self._events.put(event.revision, entry)
         return entry
 
     def single(self, event: StoredEvent) -> bytes:
@@ -212,14 +213,14 @@ class _WatchEncodings:
             single = pb.WatchDeploymentsResponse(
                 revision=event.revision, event=message
             ).SerializeToString()
-            self._events[event.revision] = (message, single, part)
+            self._events.put(event.revision, (message, single, part))
         return single
 
     def _part(self, event: StoredEvent) -> bytes:
         message, single, part = self._entry(event)
         if part is None:
             part = pb.WatchDeploymentsResponse(events=[message]).SerializeToString()
-            self._events[event.revision] = (message, single, part)
+            self._events.put(event.revision, (message, single, part))
         return part
 
     def batches(self, group: str, events: list[StoredEvent]) -> list[bytes]:
@@ -241,9 +242,7 @@ class _WatchEncodings:
             size += len(part)
             last = event.revision
         messages.append(self._join(parts, last))
-        self._batches[key] = messages
-        if len(self._batches) > BATCH_CACHE:
-            self._batches.popitem(last=False)
+        self._batches.put(key, messages)
         return messages
 
     @staticmethod

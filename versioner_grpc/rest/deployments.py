@@ -16,7 +16,6 @@ as `extra_metadata["_unknown.team"]`). The fields Versioner's own clients send
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from versioner_client.statuses import ACCEPTED_WORDS, parse_status
 
 from versioner_grpc import convert
 from versioner_grpc.auth import SERVICE
+from versioner_grpc.cache import LruCache
 from versioner_grpc.domain.errors import InvalidArgument, VersionerError, invalid
 from versioner_grpc.domain.model import TERMINAL, Status, StoredEvent
 from versioner_grpc.domain.validation import metadata_depth_violation
@@ -413,17 +413,14 @@ class _SseEncodings:
     """Recent events' SSE messages, encoded once for every stream (like the gRPC watch)."""
 
     def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._messages: OrderedDict[int, str] = OrderedDict()
+        self._messages: LruCache[int, str] = LruCache(size)
 
     def message(self, event: StoredEvent) -> str:
         cached = self._messages.get(event.revision)
         if cached is None:
             data = json.dumps(views.event(convert.event(event)), separators=(",", ":"))
             cached = f"id: {event.revision}\nevent: deployment\ndata: {data}\n\n"
-            self._messages[event.revision] = cached
-            if len(self._messages) > self.size:
-                self._messages.popitem(last=False)
+            self._messages.put(event.revision, cached)
         return cached
 
 
